@@ -1,0 +1,5 @@
+"""Object stores behind one `Storage` interface."""
+
+from .base import Storage
+
+__all__ = ["Storage"]

@@ -1,0 +1,78 @@
+"""The `Storage` seam: a flat key/value object store that every backend reads and writes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from typing import ClassVar
+
+from ..errors import KeyNotFoundError
+
+__all__ = ["Storage"]
+
+
+class Storage(ABC):
+    """An object store addressed by string keys with ``/`` as the separator.
+
+    Implementations override the abstract methods; everything else is written once here.
+    A store must be picklable so that it can travel to worker processes: it reconnects
+    lazily after unpickling.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write ``data`` under ``key`` atomically: readers see the old object or the new one."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """Return the object under ``key``; raise `KeyNotFoundError` if there is none."""
+
+    @abstractmethod
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Return bytes ``[start, end)`` of the object under ``key``."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[str]:
+        """Yield every key that starts with ``prefix``."""
+
+    @abstractmethod
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete the given keys; keys that do not exist are ignored."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Return the size in bytes of the object under ``key``."""
+
+    def check(self) -> None:
+        """Raise `StorageError` in one line if the store cannot be used (no bucket, no server)."""
+
+    def exists(self, key: str) -> bool:
+        """Tell whether ``key`` exists."""
+        try:
+            self.size(key)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete every key under ``prefix``."""
+        self.delete(list(self.list(prefix)))
+
+    def upload(self, path: str | os.PathLike, key: str) -> None:
+        """Store the local file at ``path`` under ``key``."""
+        with open(path, "rb") as f:
+            self.put(key, f.read())
+
+    def download(self, key: str, path: str | os.PathLike) -> None:
+        """Write the object under ``key`` to the local file at ``path``."""
+        tmp = f"{os.fspath(path)}.part"
+        with open(tmp, "wb") as f:
+            f.write(self.get(key))
+        shutil.move(tmp, path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
