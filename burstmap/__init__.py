@@ -1,0 +1,32 @@
+"""burstmap: run one plain Python function over thousands of inputs in parallel, durably."""
+
+from .backends.base import Backend
+from .config import Config, load_config
+from .errors import (
+    BurstmapError,
+    CallTimeoutError,
+    ConfigError,
+    PayloadRejectedError,
+    RemoteError,
+    SerializationError,
+    StorageError,
+    WorkerDiedError,
+)
+from .executor import Executor, default_executor
+from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, ResponseFuture, as_completed, get_all_results, wait
+from .storage.base import Storage
+
+__version__ = "0.1.0"
+
+
+def attach(job_id: str) -> list[ResponseFuture]:
+    """Rebuild the futures of an existing job from storage, using the configured store."""
+    return default_executor().attach(job_id)
+
+
+__all__ = [
+    "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "Backend", "BurstmapError", "CallTimeoutError", "Config",
+    "ConfigError", "Executor", "PayloadRejectedError", "RemoteError", "ResponseFuture", "SerializationError",
+    "Storage", "StorageError", "WorkerDiedError", "as_completed", "attach", "default_executor",
+    "get_all_results", "load_config", "wait",
+]

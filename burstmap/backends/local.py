@@ -1,0 +1,237 @@
+"""The local backend: a warm pool of worker processes on this machine, fed calls in batches.
+
+A dispatcher thread hands each idle worker a batch of tasks over its own pipe. Each worker
+publishes which task it is running, and since when, in a small shared array, so the dispatcher
+can stop a call that runs past its timeout and knows which call a dead worker was running:
+that call is re-run (up to the job's ``max_retries``), the rest of its batch is queued again.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ..errors import CallTimeoutError, WorkerDiedError
+from ..job import CallState, Manifest, call_name
+from ..storage.base import Storage
+from ..worker import Handler, Task
+from .base import Backend
+
+__all__ = ["LocalBackend"]
+
+_MAX_BATCH = 64
+_TICK = 0.05
+
+
+class LocalBackend(Backend):
+    """Runs calls in ``workers`` processes on this machine (default: one per core)."""
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None) -> None:
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be a positive integer, not {workers!r}")
+        self.workers = workers or os.cpu_count() or 1
+        self._pool: _Pool | None = None
+        self._lock = threading.Lock()
+
+    def run(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
+        with self._lock:
+            if self._pool is None:
+                self._pool = _Pool(self.workers, self.storage, self._key)
+            pool = self._pool
+        pool.add(manifest, call_ids)
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool:
+            pool.close(wait)
+
+    def worker_pids(self) -> list[int]:
+        """The process ids of the live workers (for tests and tools that watch them)."""
+        pool = self._pool
+        return [slot.process.pid for slot in pool.slots] if pool else []
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(workers={self.workers})"
+
+
+class _Slot:
+    """One worker process, its pipe, its progress array and the batch it is running."""
+
+    def __init__(self, index: int, process: Any, conn: Connection, progress: Any) -> None:
+        self.index = index
+        self.process = process
+        self.conn = conn
+        self.progress = progress
+        self.seq = 0
+        self.batch: list[tuple[Manifest, Task]] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"local-{self.index}"
+
+    def running(self) -> tuple[int, float] | None:
+        """The index in its batch and the start time of the task it runs, if it has begun one."""
+        progress = self.progress
+        while True:
+            seq, index, start = progress[0], progress[1], progress[2]
+            if (seq, index) == (progress[0], progress[1]):
+                break
+        return (int(index), start) if seq == self.seq else None
+
+
+class _Pool:
+    def __init__(self, size: int, storage: Storage, key: bytes) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self._storage = storage
+        self._key = key
+        self._pending: deque[tuple[Manifest, int, int]] = deque()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self.slots = [self._spawn(i) for i in range(size)]
+        self._thread = threading.Thread(target=self._loop, name="burstmap-local", daemon=True)
+        self._thread.start()
+
+    def _spawn(self, index: int) -> _Slot:
+        parent, child = self._ctx.Pipe()
+        progress = self._ctx.RawArray("d", 3)
+        process = self._ctx.Process(
+            target=_worker_main, args=(child, progress, self._storage, self._key, f"local-{index}"),
+            name=f"burstmap-local-{index}", daemon=True,
+        )
+        process.start()
+        child.close()
+        return _Slot(index, process, parent, progress)
+
+    def add(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
+        with self._lock:
+            self._pending.extend((manifest, call_id, 1) for call_id in call_ids)
+            self._wake_w.send_bytes(b"w")
+
+    def close(self, wait_for_workers: bool) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake_w.send_bytes(b"w")
+        self._thread.join()
+        for slot in self.slots:
+            slot.conn.close()
+            slot.process.join(timeout=5 if wait_for_workers else 0.1)
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join()
+
+    def _loop(self) -> None:
+        while not self._closed:
+            self._dispatch()
+            owners: dict[Any, _Slot] = {}
+            for slot in self.slots:
+                owners[slot.conn] = owners[slot.process.sentinel] = slot
+            timed = any(slot.batch and slot.batch[0][0].timeout for slot in self.slots)
+            for ready in wait([self._wake_r, *owners], timeout=_TICK if timed else None):
+                if ready is self._wake_r:
+                    while self._wake_r.poll():
+                        self._wake_r.recv_bytes()
+                    continue
+                slot = owners[ready]
+                if slot.process.sentinel not in owners or self.slots[slot.index] is not slot:
+                    continue
+                self._on_ready(slot, ready)
+            self._check_timeouts()
+
+    def _on_ready(self, slot: _Slot, ready: Any) -> None:
+        if ready is slot.conn:
+            try:
+                slot.conn.recv_bytes()
+                slot.batch = None
+                return
+            except (EOFError, OSError):
+                pass
+        slot.process.join()
+        self._worker_died(slot)
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            for slot in self.slots:
+                if slot.batch is not None or not self._pending:
+                    continue
+                size = max(1, min(_MAX_BATCH, len(self._pending) // (2 * len(self.slots))))
+                manifest = self._pending[0][0]
+                batch = []
+                while self._pending and len(batch) < size and self._pending[0][0] is manifest:
+                    _, call_id, attempt = self._pending.popleft()
+                    start, end = manifest.data_range(call_id)
+                    batch.append((manifest, Task(manifest.prefix, manifest.job_id, call_id, start, end, attempt)))
+                slot.seq += 1
+                slot.batch = batch
+                slot.conn.send_bytes(pickle.dumps((slot.seq, [task for _, task in batch])))
+
+    def _check_timeouts(self) -> None:
+        now = time.time()
+        for slot in self.slots:
+            running = slot.running() if slot.batch else None
+            if running is None:
+                continue
+            index, start = running
+            manifest, task = slot.batch[index]
+            if manifest.timeout and now - start > manifest.timeout:
+                slot.process.kill()
+                slot.process.join()
+                error = CallTimeoutError(
+                    f"call {manifest.job_id}/{call_name(task.call_id)} ran past its timeout of "
+                    f"{manifest.timeout:g}s and its worker was stopped"
+                )
+                Handler(self._storage, self._key, slot.name).write_failure(task, CallState.TIMEOUT, error, start)
+                self._replace(slot, requeue=slot.batch[index + 1:])
+
+    def _worker_died(self, slot: _Slot) -> None:
+        running = slot.running()
+        index, start = running if running else (0, time.time())
+        manifest, task = slot.batch[index]
+        retry = []
+        if task.attempt <= manifest.max_retries:
+            retry = [(manifest, Task(**{**task.__dict__, "attempt": task.attempt + 1}))]
+        else:
+            code = slot.process.exitcode
+            how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
+            error = WorkerDiedError(
+                f"call {manifest.job_id}/{call_name(task.call_id)}: worker {slot.name} (pid {slot.process.pid}) "
+                f"on {os.uname().nodename} died ({how}) in attempt {task.attempt} of {manifest.max_retries + 1}"
+            )
+            Handler(self._storage, self._key, slot.name).write_failure(task, CallState.DIED, error, start)
+        self._replace(slot, requeue=retry + slot.batch[index + 1:])
+
+    def _replace(self, slot: _Slot, requeue: list[tuple[Manifest, Task]]) -> None:
+        slot.conn.close()
+        with self._lock:
+            self._pending.extendleft(reversed([(m, t.call_id, t.attempt) for m, t in requeue]))
+        self.slots[slot.index] = self._spawn(slot.index)
+
+
+def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, worker: str) -> None:
+    """A worker process: run batches from the pipe until it closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    handler = Handler(storage, key, worker)
+
+    def on_start(index: int) -> None:
+        progress[2] = time.time()
+        progress[1] = index
+
+    while True:
+        try:
+            seq, tasks = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        progress[2], progress[1], progress[0] = time.time(), 0, seq
+        handler.run(tasks, on_start)
+        conn.send_bytes(b"d")

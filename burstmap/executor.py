@@ -1,0 +1,262 @@
+"""The executor: turns a function and its inputs into a job in storage, has a backend run it,
+and hands back one future per call."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import functools
+import inspect
+import itertools
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import registry
+from .backends.base import Backend
+from .config import Config, load_config
+from .errors import ConfigError
+from .future import ResponseFuture
+from .job import Layout, Manifest, OutputRefs
+from .serialize import dumps_calls, dumps_function, seal
+from .storage.base import Storage
+from .watcher import Watcher
+
+__all__ = ["Executor", "default_executor"]
+
+
+def _build(kind: str, value: Any, base: type) -> Any:
+    """An instance passed in is used as is; a name is looked up in the registry with its options."""
+    if isinstance(value, base):
+        return value
+    cls = registry.load(kind, value.name)
+    params = inspect.signature(cls).parameters
+    unknown = set(value.options) - set(params)
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ConfigError(f"{kind} {value.name!r} has no option(s) {', '.join(sorted(unknown))}; "
+                          f"it takes: {', '.join(params) or 'none'}")
+    try:
+        return cls(**value.options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{kind} {value.name!r}: {e}") from None
+
+
+class Executor(cf.Executor):
+    """Runs calls of plain Python functions on a backend, with function, inputs and results in a store.
+
+    Args:
+        backend: a `Backend`, or the registered name of one (options then come from the config).
+        storage: a `Storage`, or the registered name of one.
+        settings: any other `Config` field (``prefix``, ``timeout``, ``max_retries``, ``progress``,
+            ``secret_key``); they override the config file and environment.
+    """
+
+    def __init__(self, backend: Backend | str | None = None, storage: Storage | str | None = None,
+                 **settings: Any) -> None:
+        self.config: Config = load_config(
+            backend=None if isinstance(backend, Backend) else backend,
+            storage=None if isinstance(storage, Storage) else storage,
+            **settings,
+        )
+        self.storage: Storage = _build("storage", storage if isinstance(storage, Storage) else self.config.storage, Storage)
+        self.backend: Backend = _build("backend", backend if isinstance(backend, Backend) else self.config.backend, Backend)
+        self.executor_id = secrets.token_hex(4)
+        self._key = self.config.secret()
+        self._jobs = itertools.count()
+        self._lock = threading.Lock()
+        self._started = False
+        self._shutdown = False
+        self._watcher = Watcher(self.storage, self._key)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot submit calls after the executor was shut down")
+            if not self._started:
+                self.storage.check()
+                self.backend.start(self.storage, self._key)
+                self._started = True
+
+    def _new_job_id(self) -> str:
+        return f"{self.executor_id}-{next(self._jobs):04d}"
+
+    def _submit_job(self, func: Callable, calls: Iterable[tuple[tuple, dict]], timeout: float | None,
+                    max_retries: int | None, kind: str = "map", job_id: str | None = None) -> list[ResponseFuture]:
+        job_id = job_id or self._new_job_id()
+        func_blob = seal(self._key, f"{job_id}/func", dumps_function(func))
+        data, offsets = dumps_calls(calls, self._key, job_id)
+        if len(offsets) == 1:
+            return []
+        self._start()
+        manifest = Manifest(
+            job_id=job_id, prefix=self.config.prefix, function=_qualname(func), offsets=tuple(offsets),
+            submitted=time.time(), host=socket.gethostname(),
+            timeout=timeout if timeout is not None else self.config.timeout,
+            max_retries=max_retries if max_retries is not None else self.config.max_retries, kind=kind,
+        )
+        layout = manifest.layout
+        self.storage.put(layout.manifest, manifest.encode())
+        self.storage.put(layout.func, func_blob)
+        self.storage.put(layout.data, data)
+        futures = [ResponseFuture(layout, i, self.storage) for i in range(manifest.n_calls)]
+        self._watcher.watch(layout, futures)
+        self.backend.run(manifest, range(manifest.n_calls))
+        return futures
+
+    def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (),
+                   timeout: float | None = None) -> ResponseFuture:
+        """Run ``func(data, *extra_args)`` as one call; return its future at once."""
+        return self._submit_job(func, [((data, *extra_args), {})], timeout, None)[0]
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ResponseFuture:
+        """Run ``fn(*args, **kwargs)`` as one call, like `concurrent.futures.Executor.submit`."""
+        return self._submit_job(fn, [(args, kwargs)], None, None)[0]
+
+    def map(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (),  # type: ignore[override]
+            timeout: float | None = None, max_retries: int | None = None) -> list[ResponseFuture]:
+        """Run ``func(item, *extra_args)`` for every item, one call each; return the futures at once.
+
+        Args:
+            iterdata: the inputs, any iterable (a generator too).
+            timeout: seconds after which a call is stopped and its future raises `CallTimeoutError`.
+            max_retries: how often a call whose worker died is re-run.
+        """
+        extra = tuple(extra_args)
+        return self._submit_job(func, (((item, *extra), {}) for item in iterdata), timeout, max_retries)
+
+    def reduce(self, func: Callable, futures: Iterable[ResponseFuture], extra_args: Iterable[Any] = (),
+               timeout: float | None = None) -> ResponseFuture:
+        """Run ``func(results, *extra_args)`` as one call once every future is done.
+
+        The results are read from storage by the worker, not sent from here. If a call failed,
+        the reduce future raises its error.
+        """
+        futures = list(futures)
+        job_id = self._new_job_id()
+        layout = Layout(self.config.prefix, job_id)
+        outcome = ResponseFuture(layout, 0, self.storage)
+        refs = OutputRefs(tuple((f.layout.prefix, f.job_id, f.call_id) for f in futures))
+        extra = tuple(extra_args)
+        remaining = [len(futures)]
+        lock = threading.Lock()
+
+        def submit_reduce() -> None:
+            failed = next((f for f in futures if f.exception() is not None), None)
+            if failed is not None:
+                outcome.set_exception(failed.exception())
+                return
+            try:
+                (inner,) = self._submit_job(func, [((refs, *extra), {})], timeout, None, "reduce", job_id)
+            except Exception as e:
+                outcome.set_exception(e)
+                return
+            inner.add_done_callback(functools.partial(_copy_outcome, outcome))
+
+        def one_done(_: cf.Future) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                submit_reduce()
+
+        if not futures:
+            submit_reduce()
+        for f in futures:
+            f.add_done_callback(one_done)
+        return outcome
+
+    def map_reduce(self, map_func: Callable, iterdata: Iterable[Any], reduce_func: Callable,
+                   extra_args: Iterable[Any] = (), timeout: float | None = None) -> ResponseFuture:
+        """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call."""
+        return self.reduce(reduce_func, self.map(map_func, iterdata, extra_args, timeout), timeout=timeout)
+
+    def attach(self, job_id: str) -> list[ResponseFuture]:
+        """Rebuild the futures of an existing job from storage alone (from any process)."""
+        layout = Layout(self.config.prefix, job_id)
+        try:
+            manifest = Manifest.decode(self.storage.get(layout.manifest))
+        except KeyError:
+            raise ConfigError(f"no job {job_id!r} under prefix {self.config.prefix!r} in {self.storage!r}") from None
+        futures = [ResponseFuture(layout, i, self.storage) for i in range(manifest.n_calls)]
+        self._watcher.watch(layout, futures)
+        return futures
+
+    def as_executor(self) -> cf.Executor:
+        """A face with the exact `concurrent.futures.Executor` API (``map`` yields results)."""
+        return _StandardExecutor(self)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop the backend's workers and the watcher; pending calls of a local pool are abandoned."""
+        with self._lock:
+            self._shutdown = True
+        self._watcher.stop()
+        self.backend.shutdown(wait)
+
+    def __repr__(self) -> str:
+        return f"Executor(backend={self.backend!r}, storage={self.storage!r}, id={self.executor_id!r})"
+
+
+def _copy_outcome(target: cf.Future, source: cf.Future) -> None:
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
+
+
+def _qualname(func: Callable) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', type(func).__name__)}"
+
+
+class _Star:
+    """Calls a function with one tuple of arguments spread out (picklable, unlike a lambda in a closure)."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+
+    def __call__(self, args: tuple) -> Any:
+        return self.fn(*args)
+
+
+class _StandardExecutor(cf.Executor):
+    """`concurrent.futures.Executor` semantics over a burstmap executor: ``map`` returns results in order."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+        return self._executor.submit(fn, *args, **kwargs)
+
+    def map(self, fn: Callable, *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
+        end = None if timeout is None else time.monotonic() + timeout
+        futures = self._executor.map(_Star(fn), zip(*iterables))
+
+        def results() -> Iterator[Any]:
+            for future in futures:
+                yield future.result(None if end is None else max(0.0, end - time.monotonic()))
+
+        return results()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._executor.shutdown(wait, cancel_futures=cancel_futures)
+
+
+_default: Executor | None = None
+_default_lock = threading.Lock()
+
+
+def default_executor(**settings: Any) -> Executor:
+    """The executor the configuration describes (local processes and a local store by default).
+
+    Without arguments the same executor is returned on every call, so its warm workers are reused.
+    """
+    global _default
+    if settings:
+        return Executor(**settings)
+    with _default_lock:
+        if _default is None or _default._shutdown:
+            _default = Executor()
+        return _default

@@ -1,0 +1,171 @@
+"""Futures of calls, and the functions that wait on them: PyWren's API on `concurrent.futures`."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+from tqdm.auto import tqdm
+
+from .errors import CallTimeoutError, PayloadRejectedError, RemoteError, WorkerDiedError
+from .job import CallState, Layout, Record, call_name
+
+__all__ = [
+    "ALL_COMPLETED",
+    "ANY_COMPLETED",
+    "ALWAYS",
+    "ResponseFuture",
+    "wait",
+    "get_all_results",
+    "as_completed",
+]
+
+ALL_COMPLETED = cf.ALL_COMPLETED
+ANY_COMPLETED = cf.FIRST_COMPLETED
+ALWAYS = "ALWAYS"
+
+_STATE_ERRORS = {
+    CallState.TIMEOUT: CallTimeoutError,
+    CallState.DIED: WorkerDiedError,
+    CallState.REJECTED: PayloadRejectedError,
+}
+
+
+class RemoteTraceback(Exception):
+    """Carries the traceback text of an exception raised in a worker, shown as its cause."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'
+
+
+class ResponseFuture(cf.Future):
+    """The future of one call. It is finished when its status record appears in the store."""
+
+    def __init__(self, layout: Layout, call_id: int, loader: Any) -> None:
+        super().__init__()
+        self.layout = layout
+        self.call_id = call_id
+        self.record: Record | None = None
+        self._loader = loader
+        self.set_running_or_notify_cancel()
+
+    @property
+    def job_id(self) -> str:
+        return self.layout.job_id
+
+    @property
+    def status(self) -> dict[str, Any] | None:
+        """The call's status (state, start, end, host, worker, peak RSS, attempt), once finished."""
+        if self.record is None:
+            return None
+        return {k: v for k, v in vars(self.record).items() if k not in ("log", "output")}
+
+    def logs(self) -> str:
+        """What the call printed to stdout and stderr (empty until it has finished)."""
+        return self.record.log.decode("utf-8", "replace") if self.record else ""
+
+    def result(self, timeout: float | None = None) -> Any:
+        value = super().result(timeout)
+        if isinstance(value, Deferred):
+            value = value.load()
+            with self._condition:
+                self._result = value
+        return value
+
+    def _finish(self, record: Record, value: Any = None, error: BaseException | None = None) -> None:
+        self.record = record
+        if error is not None:
+            self.set_exception(error)
+        else:
+            self.set_result(value)
+
+    def __repr__(self) -> str:
+        return f"<ResponseFuture {self.job_id}/{call_name(self.call_id)} {self._state.lower()}>"
+
+
+class Deferred:
+    """A result too large to fetch with its status: loaded from the store on first `result()`."""
+
+    def __init__(self, load: Any) -> None:
+        self.load = load
+
+
+def rebuild_error(record: Record, value: Any, loaded: bool) -> BaseException:
+    """The exception a failed call's future raises: its own type when it unpickled, with the remote traceback."""
+    error = record.error or {}
+    where = f"call {record.call_id} ({error.get('type', '?')})"
+    if record.state in _STATE_ERRORS:
+        return _STATE_ERRORS[record.state](error.get("message", where))
+    if loaded and isinstance(value, BaseException):
+        exc = value
+    else:
+        exc = RemoteError(f"{error.get('type', 'exception')}: {error.get('message', '')} "
+                          f"(it could not be rebuilt here: {value})")
+    exc.__cause__ = RemoteTraceback(error.get("traceback", ""))
+    return exc
+
+
+class DoneAndNotDone(NamedTuple):
+    done: set
+    not_done: set
+
+
+def _progress_bar(futures: list, progress: bool | None) -> tqdm | None:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress or not futures:
+        return None
+    return tqdm(total=len(futures), unit="call", desc="burstmap", leave=False)
+
+
+def wait(futures: Iterable[cf.Future], return_when: str = ALL_COMPLETED, timeout: float | None = None,
+         progress: bool | None = None) -> DoneAndNotDone:
+    """Wait for calls: all of them, any one of them, or not at all (``ALWAYS``).
+
+    Returns ``(done, not_done)`` sets, like `concurrent.futures.wait`; never raises a call's error.
+    """
+    futures = list(futures)
+    if return_when == ALWAYS:
+        done = {f for f in futures if f.done()}
+        return DoneAndNotDone(done, set(futures) - done)
+    bar = _progress_bar(futures, progress)
+    if bar is None:
+        return DoneAndNotDone(*cf.wait(futures, timeout=timeout, return_when=return_when))
+    try:
+        bar.update(sum(f.done() for f in futures))
+        for _ in cf.as_completed([f for f in futures if not f.done()], timeout=timeout):
+            bar.update(1)
+            if return_when == ANY_COMPLETED:
+                break
+    except cf.TimeoutError:
+        pass
+    finally:
+        bar.close()
+    done = {f for f in futures if f.done()}
+    return DoneAndNotDone(done, set(futures) - done)
+
+
+def get_all_results(futures: Iterable[cf.Future], return_exceptions: bool = False,
+                    timeout: float | None = None, progress: bool | None = None) -> list[Any]:
+    """Wait for every call and return their results in order.
+
+    The first failed call's error is raised, unless ``return_exceptions`` puts each error in its place.
+    """
+    futures = list(futures)
+    done, not_done = wait(futures, ALL_COMPLETED, timeout=timeout, progress=progress)
+    if not_done:
+        raise cf.TimeoutError(f"{len(not_done)} of {len(futures)} calls not finished after {timeout}s")
+    if not return_exceptions:
+        return [f.result() for f in futures]
+    return [f.exception() or f.result() for f in futures]
+
+
+def as_completed(futures: Iterable[cf.Future], timeout: float | None = None) -> Iterator[cf.Future]:
+    """Yield futures as their calls finish, like `concurrent.futures.as_completed`."""
+    return cf.as_completed(futures, timeout=timeout)

@@ -1,0 +1,115 @@
+"""Finds finished calls by listing status prefixes, and finishes their futures.
+
+One thread per executor. Each poll lists only the status groups (1,000 calls each) that still
+have calls pending: one LIST per group per poll, never one GET per pending call. A call's record
+is fetched once, when it appears. The poll interval backs off while nothing finishes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+from .errors import PayloadRejectedError
+from .future import Deferred, ResponseFuture, rebuild_error
+from .job import CHUNK, CallState, Layout, Record, RecordError
+from .serialize import loads
+from .storage.base import Storage
+
+__all__ = ["Watcher", "finish"]
+
+_MIN_INTERVAL = 0.001
+_MAX_INTERVAL = 0.1
+
+
+def finish(future: ResponseFuture, storage: Storage, key: bytes, data: bytes) -> None:
+    """Finish a future from its stored status record."""
+    layout, call_id = future.layout, future.call_id
+    try:
+        record = Record.decode(data)
+    except RecordError as e:
+        future.set_exception(RecordError(f"{layout.status(call_id)}: {e}"))
+        return
+    identity = f"{layout.job_id}/out/{call_id}"
+    if record.output_key and record.state is CallState.OK:
+        future._finish(record, Deferred(lambda: loads(key, identity, storage.get(record.output_key))))
+        return
+    blob = storage.get(record.output_key) if record.output_key else record.output
+    try:
+        value, loaded = loads(key, identity, blob), True
+    except PayloadRejectedError as e:
+        future._finish(record, error=e)
+        return
+    except Exception as e:
+        value, loaded = f"{type(e).__name__}: {e}", False
+    if record.state is CallState.OK and loaded:
+        future._finish(record, value)
+    else:
+        future._finish(record, error=rebuild_error(record, value, loaded))
+
+
+class Watcher:
+    """Watches jobs in one store and finishes their futures as status records appear."""
+
+    def __init__(self, storage: Storage, key: bytes) -> None:
+        self._storage = storage
+        self._key = key
+        self._jobs: dict[str, tuple[Layout, dict[int, ResponseFuture]]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+
+    def watch(self, layout: Layout, futures: Iterable[ResponseFuture]) -> None:
+        """Start watching futures of one job."""
+        with self._lock:
+            pending = self._jobs.setdefault(layout.job_id, (layout, {}))[1]
+            pending.update((f.call_id, f) for f in futures)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="burstmap-watcher", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake.set()
+
+    def _loop(self) -> None:
+        interval = _MIN_INTERVAL
+        while not self._stopped:
+            began = time.perf_counter()
+            found = self._poll()
+            spent = time.perf_counter() - began
+            interval = max(_MIN_INTERVAL, 4 * spent) if found else min(_MAX_INTERVAL, interval * 1.5)
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def _poll(self) -> int:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        found = 0
+        for layout, pending in jobs:
+            for chunk in sorted({call_id // CHUNK for call_id in list(pending)}):
+                for key in self._storage.list(layout.status_chunk(chunk)):
+                    call_id = _call_id(key)
+                    future = pending.pop(call_id, None) if call_id is not None else None
+                    if future is None:
+                        continue
+                    found += 1
+                    try:
+                        finish(future, self._storage, self._key, self._storage.get(key))
+                    except Exception as e:
+                        future.set_exception(e)
+            if not pending:
+                with self._lock:
+                    if not self._jobs.get(layout.job_id, (None, True))[1]:
+                        del self._jobs[layout.job_id]
+        return found
+
+
+def _call_id(key: str) -> int | None:
+    name = key.rpartition("/")[2]
+    return int(name) if name.isdigit() else None
+
+
