@@ -64,7 +64,7 @@ class ResponseFuture(cf.Future):
         """The call's status (state, start, end, host, worker, peak RSS, attempt), once finished."""
         if self.record is None:
             return None
-        return {k: v for k, v in vars(self.record).items() if k not in ("log", "output")}
+        return self.record.header()
 
     def logs(self) -> str:
         """What the call printed to stdout and stderr (empty until it has finished)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import BurstmapError
@@ -112,7 +112,7 @@ class Manifest:
         return self.offsets[call_id], self.offsets[call_id + 1]
 
     def encode(self) -> bytes:
-        return json.dumps(asdict(self)).encode()
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
@@ -145,10 +145,15 @@ class Record:
     output_key: str | None = None
 
     def encode(self) -> bytes:
-        header = {k: v for k, v in asdict(self).items() if k not in ("log", "output")}
-        header["state"] = self.state.value
+        header = self.header()
         header["log_len"] = len(self.log)
         return b"".join((RECORD_MAGIC, json.dumps(header).encode(), b"\n", self.log, self.output))
+
+    def header(self) -> dict[str, Any]:
+        """Every field but the captured output and the result, as plain data."""
+        header = {name: getattr(self, name) for name in _HEADER_FIELDS}
+        header["state"] = self.state.value
+        return header
 
     @classmethod
     def decode(cls, data: bytes) -> Record:
@@ -170,6 +175,9 @@ class Record:
     @property
     def duration(self) -> float:
         return self.end - self.start
+
+
+_HEADER_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("log", "output"))
 
 
 @dataclass(frozen=True)

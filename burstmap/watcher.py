@@ -78,20 +78,22 @@ class Watcher:
     def _loop(self) -> None:
         interval = _MIN_INTERVAL
         while not self._stopped:
-            began = time.perf_counter()
-            found = self._poll()
-            spent = time.perf_counter() - began
-            interval = max(_MIN_INTERVAL, 4 * spent) if found else min(_MAX_INTERVAL, interval * 1.5)
+            found, listing = self._poll()
+            interval = max(_MIN_INTERVAL, 4 * listing) if found else min(_MAX_INTERVAL, interval * 1.5)
             self._wake.wait(interval)
             self._wake.clear()
 
-    def _poll(self) -> int:
+    def _poll(self) -> tuple[int, float]:
+        """Finish what has appeared; return how many, and the seconds spent listing."""
         with self._lock:
             jobs = list(self._jobs.values())
-        found = 0
+        found, listing = 0, 0.0
         for layout, pending in jobs:
             for chunk in sorted({call_id // CHUNK for call_id in list(pending)}):
-                for key in self._storage.list(layout.status_chunk(chunk)):
+                began = time.perf_counter()
+                keys = list(self._storage.list(layout.status_chunk(chunk)))
+                listing += time.perf_counter() - began
+                for key in keys:
                     call_id = _call_id(key)
                     future = pending.pop(call_id, None) if call_id is not None else None
                     if future is None:
@@ -105,7 +107,7 @@ class Watcher:
                 with self._lock:
                     if not self._jobs.get(layout.job_id, (None, True))[1]:
                         del self._jobs[layout.job_id]
-        return found
+        return found, listing
 
 
 def _call_id(key: str) -> int | None:

@@ -28,6 +28,7 @@ from .base import Backend
 __all__ = ["LocalBackend"]
 
 _MAX_BATCH = 64
+_DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
 _TICK = 0.05
 
 
@@ -74,20 +75,25 @@ class _Slot:
         self.conn = conn
         self.progress = progress
         self.seq = 0
-        self.batch: list[tuple[Manifest, Task]] | None = None
+        self.batches: dict[int, list[tuple[Manifest, Task]]] = {}
 
     @property
     def name(self) -> str:
         return f"local-{self.index}"
 
-    def running(self) -> tuple[int, float] | None:
-        """The index in its batch and the start time of the task it runs, if it has begun one."""
+    def running(self) -> tuple[list[tuple[Manifest, Task]], int, float] | None:
+        """The batch it runs, the index of the task in it and since when, if it has begun one."""
         progress = self.progress
         while True:
             seq, index, start = progress[0], progress[1], progress[2]
             if (seq, index) == (progress[0], progress[1]):
                 break
-        return (int(index), start) if seq == self.seq else None
+        batch = self.batches.get(int(seq))
+        return (batch, int(index), start) if batch else None
+
+    def unstarted(self, after: int) -> list[tuple[Manifest, Task]]:
+        """The tasks of every batch sent after batch ``after``, in order."""
+        return [item for seq in sorted(self.batches) if seq > after for item in self.batches[seq]]
 
 
 class _Pool:
@@ -137,33 +143,33 @@ class _Pool:
             owners: dict[Any, _Slot] = {}
             for slot in self.slots:
                 owners[slot.conn] = owners[slot.process.sentinel] = slot
-            timed = any(slot.batch and slot.batch[0][0].timeout for slot in self.slots)
+            timed = any(b[0][0].timeout for slot in self.slots for b in slot.batches.values())
             for ready in wait([self._wake_r, *owners], timeout=_TICK if timed else None):
                 if ready is self._wake_r:
                     while self._wake_r.poll():
                         self._wake_r.recv_bytes()
                     continue
                 slot = owners[ready]
-                if slot.process.sentinel not in owners or self.slots[slot.index] is not slot:
+                if self.slots[slot.index] is not slot:
                     continue
                 self._on_ready(slot, ready)
             self._check_timeouts()
 
     def _on_ready(self, slot: _Slot, ready: Any) -> None:
-        if ready is slot.conn:
-            try:
-                slot.conn.recv_bytes()
-                slot.batch = None
+        try:
+            while slot.conn.poll():
+                del slot.batches[int(slot.conn.recv_bytes())]
+            if ready is slot.conn or slot.process.is_alive():
                 return
-            except (EOFError, OSError):
-                pass
+        except (EOFError, OSError):
+            pass
         slot.process.join()
         self._worker_died(slot)
 
     def _dispatch(self) -> None:
         with self._lock:
             for slot in self.slots:
-                if slot.batch is not None or not self._pending:
+                if len(slot.batches) >= _DEPTH or not self._pending:
                     continue
                 size = max(1, min(_MAX_BATCH, len(self._pending) // (2 * len(self.slots))))
                 manifest = self._pending[0][0]
@@ -173,17 +179,17 @@ class _Pool:
                     start, end = manifest.data_range(call_id)
                     batch.append((manifest, Task(manifest.prefix, manifest.job_id, call_id, start, end, attempt)))
                 slot.seq += 1
-                slot.batch = batch
+                slot.batches[slot.seq] = batch
                 slot.conn.send_bytes(pickle.dumps((slot.seq, [task for _, task in batch])))
 
     def _check_timeouts(self) -> None:
         now = time.time()
         for slot in self.slots:
-            running = slot.running() if slot.batch else None
+            running = slot.running() if slot.batches else None
             if running is None:
                 continue
-            index, start = running
-            manifest, task = slot.batch[index]
+            batch, index, start = running
+            manifest, task = batch[index]
             if manifest.timeout and now - start > manifest.timeout:
                 slot.process.kill()
                 slot.process.join()
@@ -192,12 +198,17 @@ class _Pool:
                     f"{manifest.timeout:g}s and its worker was stopped"
                 )
                 Handler(self._storage, self._key, slot.name).write_failure(task, CallState.TIMEOUT, error, start)
-                self._replace(slot, requeue=slot.batch[index + 1:])
+                self._replace(slot, requeue=batch[index + 1:] + slot.unstarted(int(slot.progress[0])))
 
     def _worker_died(self, slot: _Slot) -> None:
         running = slot.running()
-        index, start = running if running else (0, time.time())
-        manifest, task = slot.batch[index]
+        if running is None:
+            first = min(slot.batches)
+            running, after = (slot.batches[first], 0, time.time()), first
+        else:
+            after = int(slot.progress[0])
+        batch, index, start = running
+        manifest, task = batch[index]
         retry = []
         if task.attempt <= manifest.max_retries:
             retry = [(manifest, Task(**{**task.__dict__, "attempt": task.attempt + 1}))]
@@ -209,7 +220,7 @@ class _Pool:
                 f"on {os.uname().nodename} died ({how}) in attempt {task.attempt} of {manifest.max_retries + 1}"
             )
             Handler(self._storage, self._key, slot.name).write_failure(task, CallState.DIED, error, start)
-        self._replace(slot, requeue=retry + slot.batch[index + 1:])
+        self._replace(slot, requeue=retry + batch[index + 1:] + slot.unstarted(after))
 
     def _replace(self, slot: _Slot, requeue: list[tuple[Manifest, Task]]) -> None:
         slot.conn.close()
@@ -234,4 +245,4 @@ def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, 
             return
         progress[2], progress[1], progress[0] = time.time(), 0, seq
         handler.run(tasks, on_start)
-        conn.send_bytes(b"d")
+        conn.send_bytes(b"%d" % seq)

@@ -26,12 +26,13 @@ class LocalStorage(Storage):
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         self.path = Path(path).expanduser() if path else default_path()
+        self._root = f"{self.path}/"
         self._made: set[str] = set()
 
     def _file(self, key: str) -> str:
-        if key.startswith("/") or ".." in key.split("/"):
+        if key[:1] == "/" or (".." in key and ".." in key.split("/")):
             raise StorageError(f"invalid key {key!r}: keys are relative and never contain '..'")
-        return os.path.join(self.path, key)
+        return self._root + key
 
     def check(self) -> None:
         try:
@@ -103,7 +104,7 @@ class LocalStorage(Storage):
         self._made.clear()
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_made": set()}
+        return {**self.__dict__, "_made": set()}
 
     def __repr__(self) -> str:
         return f"LocalStorage(path={str(self.path)!r})"

@@ -1,0 +1,32 @@
+"""Helpers shared by the benchmark scripts: timing and the one-line ratio report."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def best_of(runs: int, fn: Callable[[], object]) -> float:
+    """The fastest of ``runs`` timed runs of ``fn``, in seconds (the least disturbed by noise)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def median_of(runs: int, fn: Callable[[], object]) -> float:
+    """The median of ``runs`` timed runs of ``fn``, in seconds."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def report(name: str, ours: str, peer: str, ratio: float, target: str) -> None:
+    """Print one benchmark's figures and its ratio against the peer measured in the same run."""
+    print(f"{name}: burstmap {ours} | peer {peer} | ratio {ratio:.2f}x (target {target})")
