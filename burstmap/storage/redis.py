@@ -20,6 +20,7 @@ __all__ = ["RedisStorage", "redact_url"]
 
 _BATCH = 1000  # keys per DEL and per SCAN step
 _CHUNK = 4 * 1024 * 1024  # bytes per APPEND / GETRANGE when streaming files
+_UPLOADS = "burstmap-upload-in-progress/"  # partial uploads live here, not beside their key
 _GLOB = re.compile(r"([*?\[\]\\])")
 
 
@@ -104,10 +105,14 @@ class RedisStorage(Storage):
         return length
 
     def list(self, prefix: str) -> Iterator[str]:
+        """Yield each key under ``prefix`` once (SCAN may repeat keys while Redis rehashes)."""
         pattern = _GLOB.sub(r"\\\1", prefix) + "*"
+        seen: set[bytes] = set()
         with self._errors():
             for key in self.client.scan_iter(match=pattern, count=_BATCH):
-                yield key.decode()
+                if key not in seen:
+                    seen.add(key)
+                    yield key.decode()
 
     def delete(self, keys: Iterable[str]) -> None:
         keys = list(keys)
@@ -118,7 +123,7 @@ class RedisStorage(Storage):
             pipe.execute()
 
     def upload(self, path: str | os.PathLike, key: str) -> None:
-        tmp = f"{key}.{uuid.uuid4().hex}.upload"
+        tmp = f"{_UPLOADS}{uuid.uuid4().hex}"
         with self._errors(), open(path, "rb") as f:
             self.client.set(tmp, b"")
             try:
