@@ -37,7 +37,6 @@ def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str, ti
         except OSError:
             pass
         time.sleep(0.1)
-    proc.kill()
     pytest.fail(f"{what} did not answer within {timeout:.0f} s")
 
 
@@ -65,7 +64,11 @@ def start_moto(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str
         with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2) as reply:
             return reply.status == 200
 
-    _wait_until(ready, proc, "moto server")
+    try:
+        _wait_until(ready, proc, "moto server")
+    except BaseException:
+        _stop(proc)
+        raise
     return proc, endpoint
 
 
@@ -73,8 +76,10 @@ def start_moto(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str
 def moto_server() -> Iterator[str]:
     """A moto S3 server for the whole session; yields its endpoint URL (any credentials work)."""
     proc, endpoint = start_moto()
-    yield endpoint
-    _stop(proc)
+    try:
+        yield endpoint
+    finally:
+        _stop(proc)
 
 
 class AuthServer(NamedTuple):
@@ -96,18 +101,20 @@ def moto_auth_server() -> Iterator[AuthServer]:
     import boto3
 
     proc, endpoint = start_moto()
-    session = boto3.session.Session("setup", "setup", region_name="us-east-1")
-    iam = session.client("iam", endpoint_url=endpoint)
-    iam.create_user(UserName="burstmap")
-    iam.put_user_policy(UserName="burstmap", PolicyName="s3", PolicyDocument=_S3_ALL)
-    key = iam.create_access_key(UserName="burstmap")["AccessKey"]
-    session.client("s3", endpoint_url=endpoint).create_bucket(Bucket="guarded")
-    request = urllib.request.Request(
-        f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
-    )
-    urllib.request.urlopen(request, timeout=5).close()
-    yield AuthServer(endpoint, key["AccessKeyId"], key["SecretAccessKey"], "guarded")
-    _stop(proc)
+    try:
+        session = boto3.session.Session("setup", "setup", region_name="us-east-1")
+        iam = session.client("iam", endpoint_url=endpoint)
+        iam.create_user(UserName="burstmap")
+        iam.put_user_policy(UserName="burstmap", PolicyName="s3", PolicyDocument=_S3_ALL)
+        key = iam.create_access_key(UserName="burstmap")["AccessKey"]
+        session.client("s3", endpoint_url=endpoint).create_bucket(Bucket="guarded")
+        request = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+        )
+        urllib.request.urlopen(request, timeout=5).close()
+        yield AuthServer(endpoint, key["AccessKeyId"], key["SecretAccessKey"], "guarded")
+    finally:
+        _stop(proc)
 
 
 _S3_ALL = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
@@ -133,6 +140,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
 
-    _wait_until(ready, proc, "redis-server")
-    yield f"redis://127.0.0.1:{port}/0"
-    _stop(proc)
+    try:
+        _wait_until(ready, proc, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(proc)
