@@ -12,6 +12,8 @@ __all__ = ["STORAGES", "BACKENDS", "load"]
 #: name -> (dotted path, extra that installs what it needs)
 STORAGES: dict[str, tuple[str, str | None]] = {
     "local": ("burstmap.storage.local:LocalStorage", None),
+    "s3": ("burstmap.storage.s3:S3Storage", "s3"),
+    "redis": ("burstmap.storage.redis:RedisStorage", "redis"),
 }
 
 BACKENDS: dict[str, tuple[str, str | None]] = {

@@ -1,5 +1,6 @@
 """Object stores behind one `Storage` interface."""
 
 from .base import Storage
+from .url import open_store
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "open_store"]

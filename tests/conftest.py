@@ -1,0 +1,147 @@
+"""Fixtures that start real servers on loopback: a moto S3 server and a redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+__all__ = ["AuthServer", "free_port", "moto_server", "moto_auth_server", "redis_server", "start_moto"]
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until(ready: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    """Poll ``ready`` until it is true; fail with ``what`` if the process dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with code {proc.returncode} before answering")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"{what} did not answer within {timeout:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def start_moto(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Start ``python -m moto.server`` on a free loopback port; return it and its endpoint URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2) as reply:
+            return reply.status == 200
+
+    try:
+        _wait_until(ready, proc, "moto server")
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, endpoint
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """A moto S3 server for the whole session; yields its endpoint URL (any credentials work)."""
+    proc, endpoint = start_moto()
+    try:
+        yield endpoint
+    finally:
+        _stop(proc)
+
+
+class AuthServer(NamedTuple):
+    """A moto server that checks credentials, with one IAM user allowed to use ``bucket``."""
+
+    endpoint: str
+    access_key_id: str
+    secret_access_key: str
+    bucket: str
+
+
+@pytest.fixture(scope="session")
+def moto_auth_server() -> Iterator[AuthServer]:
+    """A second moto server that checks credentials like AWS: only keys made in its IAM work.
+
+    The IAM user, its key and the bucket are made first; then authentication is switched on
+    through moto's ``/moto-api/reset-auth``, so every later request must be signed by that key.
+    """
+    import boto3
+
+    proc, endpoint = start_moto()
+    try:
+        session = boto3.session.Session("setup", "setup", region_name="us-east-1")
+        iam = session.client("iam", endpoint_url=endpoint)
+        iam.create_user(UserName="burstmap")
+        iam.put_user_policy(UserName="burstmap", PolicyName="s3", PolicyDocument=_S3_ALL)
+        key = iam.create_access_key(UserName="burstmap")["AccessKey"]
+        session.client("s3", endpoint_url=endpoint).create_bucket(Bucket="guarded")
+        request = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth", data=b"0", method="POST", headers={"Content-Type": "text/plain"}
+        )
+        urllib.request.urlopen(request, timeout=5).close()
+        yield AuthServer(endpoint, key["AccessKeyId"], key["SecretAccessKey"], "guarded")
+    finally:
+        _stop(proc)
+
+
+_S3_ALL = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server on loopback with persistence off; yields its URL (database 0)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `apt-get install -y redis-server`")
+    port = free_port()
+    folder: Path = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def ready() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    try:
+        _wait_until(ready, proc, "redis-server")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        _stop(proc)
