@@ -138,6 +138,8 @@ class Record:
     worker: str = ""
     pid: int = 0
     peak_rss: int = 0
+    setup: float = 0.0
+    compute: float = 0.0
     error: dict[str, str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     log: bytes = b""

@@ -74,14 +74,17 @@ class Handler:
             record.state, record.error = CallState.ERROR, _error_fields(e)
             record.output = self._seal_value(task, e)
             return self._finish(task, record)
-        out, err = io.StringIO(), io.StringIO()
+        log = io.StringIO()
+        began = time.time()
+        record.setup = began - record.start
         try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 value = func(*args, **kwargs)
         except BaseException as e:
             record.state, record.error = CallState.ERROR, _error_fields(e)
             value = e
-        record.log = (out.getvalue() + err.getvalue()).encode("utf-8", "replace")
+        record.compute = time.time() - began
+        record.log = log.getvalue().encode("utf-8", "replace")
         record.output = self._seal_value(task, value)
         return self._finish(task, record)
 
