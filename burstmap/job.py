@@ -121,7 +121,7 @@ class Manifest:
             fields = json.loads(data)
             fields["offsets"] = tuple(int(o) for o in fields["offsets"])
             return cls(**fields)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
             raise RecordError(f"not a burstmap job manifest: {e}") from None
 
 
@@ -171,7 +171,7 @@ class Record:
             if line_end < 0 or log_len < 0 or log_len > len(body):
                 raise ValueError("truncated record")
             return cls(**header, log=body[:log_len], output=body[log_len:])
-        except (ValueError, TypeError, KeyError, AttributeError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
             raise RecordError(f"corrupt burstmap status record: {e}") from None
 
     @property

@@ -72,7 +72,7 @@ class Handler:
             return self._finish(task, record)
         except Exception as e:
             record.state, record.error = CallState.ERROR, _error_fields(e)
-            record.output = self._seal_value(task, e)
+            record.output = self._seal_value(task, e, record)
             return self._finish(task, record)
         log = io.StringIO()
         began = time.time()
@@ -85,21 +85,25 @@ class Handler:
             value = e
         record.compute = time.time() - began
         record.log = log.getvalue().encode("utf-8", "replace")
-        record.output = self._seal_value(task, value)
+        record.output = self._seal_value(task, value, record)
         return self._finish(task, record)
 
     def write_failure(self, task: Task, state: CallState, error: BaseException, start: float) -> None:
         """Record that a task ended outside the handler (its worker died or was stopped)."""
         record = Record(task.call_id, state, task.attempt, start, time.time(), host=_HOST, worker=self.worker,
                         error=_error_fields(error))
-        record.output = self._seal_value(task, error)
+        record.output = self._seal_value(task, error, record)
         self._finish(task, record)
 
-    def _seal_value(self, task: Task, value: Any) -> bytes:
+    def _seal_value(self, task: Task, value: Any, record: Record) -> bytes:
+        """Pickle and seal a result or error; one that cannot be pickled turns the call into an error."""
         try:
             payload = dumps_value(value)
         except Exception as e:
-            payload = dumps_value(_unpicklable(value, e))
+            substitute = _unpicklable(value, e)
+            if record.error is None:
+                record.state, record.error = CallState.ERROR, _error_fields(substitute)
+            payload = dumps_value(substitute)
         return seal(self._key, f"{task.job_id}/out/{task.call_id}", payload)
 
     def _finish(self, task: Task, record: Record) -> Record:

@@ -11,11 +11,11 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
-__all__ = ["AuthServer", "free_port", "moto_server", "moto_auth_server", "redis_server", "start_moto"]
+__all__ = ["AuthServer", "EXECUTORS", "TEST_SECRET", "free_port", "moto_server", "moto_auth_server", "redis_server", "start_moto"]
 
 
 def free_port() -> int:
@@ -145,3 +145,48 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep the tests away from the user's own config, secret key and local store."""
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "BURSTMAP_CONFIG")}
+    os.environ["XDG_CONFIG_HOME"] = str(home / "config")
+    os.environ["XDG_CACHE_HOME"] = str(home / "cache")
+    os.environ.pop("BURSTMAP_CONFIG", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+TEST_SECRET = "test-secret-key-not-for-production"
+
+
+def local_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
+    """Two warm local worker processes over a local store."""
+    import burstmap
+    from burstmap.backends.local import LocalBackend
+    from burstmap.storage.local import LocalStorage
+
+    return burstmap.Executor(backend=LocalBackend(workers=2), storage=LocalStorage(folder),
+                             secret_key=TEST_SECRET, progress=False)
+
+
+#: Every backend runs the shared suite in tests/test_backends.py: a backend joins it with one line here.
+EXECUTORS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
+    "local": local_executor,
+}
+
+
+@pytest.fixture(scope="session", params=sorted(EXECUTORS))
+def executor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A warm executor of each backend, shared by the whole session."""
+    ex = EXECUTORS[request.param](request, tmp_path_factory.mktemp(f"store-{request.param}"))
+    try:
+        yield ex
+    finally:
+        ex.shutdown()

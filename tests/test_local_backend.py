@@ -1,0 +1,74 @@
+"""The local pool with real worker processes: killed from outside, timed out, shut down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+import burstmap
+from burstmap.backends.local import LocalBackend
+from burstmap.storage.local import LocalStorage
+
+from .conftest import TEST_SECRET
+
+
+def announce_then_sleep(args):
+    """Write this worker's pid where the test can read it, then run long enough to be killed."""
+    folder, index = args
+    Path(folder, f"{index}.pid").write_text(str(os.getpid()))
+    time.sleep(1.0)
+    return index
+
+
+def wait_for(path: Path, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+    return path.read_text()
+
+
+@pytest.fixture
+def pool_executor(tmp_path):
+    ex = burstmap.Executor(backend=LocalBackend(workers=2), storage=LocalStorage(tmp_path / "store"),
+                           secret_key=TEST_SECRET, progress=False)
+    yield ex
+    ex.shutdown()
+
+
+def test_worker_killed_from_outside_loses_nothing(pool_executor, tmp_path):
+    futures = pool_executor.map(announce_then_sleep, [(str(tmp_path), i) for i in range(6)])
+    victim = int(wait_for(tmp_path / "0.pid"))
+    os.kill(victim, signal.SIGKILL)
+    assert burstmap.get_all_results(futures, timeout=120) == list(range(6))
+    assert futures[0].status["attempt"] == 2
+    assert victim not in pool_executor.backend.worker_pids()
+    assert len(pool_executor.backend.worker_pids()) == 2
+
+
+def test_shutdown_ends_every_worker(tmp_path):
+    ex = burstmap.Executor(backend=LocalBackend(workers=2), storage=LocalStorage(tmp_path), secret_key=TEST_SECRET)
+    assert ex.call_async(abs, -1).result(timeout=60) == 1
+    pids = ex.backend.worker_pids()
+    ex.shutdown()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(RuntimeError, match="shut down"):
+        ex.map(abs, [1])
+
+
+def test_progress_bar_only_when_asked(pool_executor, capsys):
+    burstmap.get_all_results(pool_executor.map(abs, range(5)), progress=True)
+    assert "burstmap" in capsys.readouterr().err
+    burstmap.get_all_results(pool_executor.map(abs, range(5)))
+    assert capsys.readouterr().err == ""
+
+
+def test_bad_worker_count_is_a_clear_error():
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        LocalBackend(workers=0)
