@@ -1,11 +1,14 @@
 """burstmap: run one plain Python function over thousands of inputs in parallel, durably."""
 
+from typing import Any
+
 from .backends.base import Backend
 from .config import Config, load_config
 from .errors import (
     BurstmapError,
     CallTimeoutError,
     ConfigError,
+    JobNotFoundError,
     PayloadRejectedError,
     RemoteError,
     SerializationError,
@@ -19,14 +22,19 @@ from .storage.base import Storage
 __version__ = "0.1.0"
 
 
-def attach(job_id: str) -> list[ResponseFuture]:
+def attach(job_id: str, resume: bool = False) -> list[ResponseFuture]:
     """Rebuild the futures of an existing job from storage, using the configured store."""
-    return default_executor().attach(job_id)
+    return default_executor().attach(job_id, resume)
+
+
+def replay(job_id: str, call_id: int) -> Any:
+    """Run one stored call again in this process (under a debugger if you like); nothing is written."""
+    return default_executor().replay(job_id, call_id)
 
 
 __all__ = [
     "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "Backend", "BurstmapError", "CallTimeoutError", "Config",
-    "ConfigError", "Executor", "PayloadRejectedError", "RemoteError", "ResponseFuture", "SerializationError",
+    "ConfigError", "Executor", "JobNotFoundError", "PayloadRejectedError", "RemoteError", "ResponseFuture", "SerializationError",
     "Storage", "StorageError", "WorkerDiedError", "as_completed", "attach", "default_executor",
-    "get_all_results", "load_config", "wait",
+    "get_all_results", "load_config", "replay", "wait",
 ]

@@ -6,6 +6,7 @@ __all__ = [
     "BurstmapError",
     "CallTimeoutError",
     "ConfigError",
+    "JobNotFoundError",
     "KeyNotFoundError",
     "PayloadRejectedError",
     "RemoteError",
@@ -25,6 +26,10 @@ class ConfigError(BurstmapError, ValueError):
 
 class StorageError(BurstmapError):
     """A store could not be reached or refused an operation."""
+
+
+class JobNotFoundError(BurstmapError, LookupError):
+    """No job with that id exists in the store."""
 
 
 class KeyNotFoundError(StorageError, KeyError):

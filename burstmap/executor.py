@@ -17,12 +17,14 @@ from typing import Any
 from . import registry
 from .backends.base import Backend
 from .config import Config, load_config
-from .errors import ConfigError
+from .errors import ConfigError, JobNotFoundError, KeyNotFoundError
 from .future import ResponseFuture
-from .job import Layout, Manifest, OutputRefs
+from .job import Layout, Manifest, OutputRefs, call_id_of
+from .retry import Retrying
 from .serialize import dumps_calls, dumps_function, seal
 from .storage.base import Storage
 from .watcher import Watcher
+from .worker import Handler, Task
 
 __all__ = ["Executor", "default_executor"]
 
@@ -83,7 +85,8 @@ class Executor(cf.Executor):
         return f"{self.executor_id}-{next(self._jobs):04d}"
 
     def _submit_job(self, func: Callable, calls: Iterable[tuple[tuple, dict]], timeout: float | None,
-                    max_retries: int | None, kind: str = "map", job_id: str | None = None) -> list[ResponseFuture]:
+                    max_retries: int | None, kind: str = "map", job_id: str | None = None,
+                    name: str | None = None) -> list[ResponseFuture]:
         job_id = job_id or self._new_job_id()
         func_blob = seal(self._key, f"{job_id}/func", dumps_function(func))
         data, offsets = dumps_calls(calls, self._key, job_id)
@@ -91,7 +94,7 @@ class Executor(cf.Executor):
             return []
         self._start()
         manifest = Manifest(
-            job_id=job_id, prefix=self.config.prefix, function=_qualname(func), offsets=tuple(offsets),
+            job_id=job_id, prefix=self.config.prefix, function=name or _qualname(func), offsets=tuple(offsets),
             submitted=time.time(), host=socket.gethostname(),
             timeout=timeout if timeout is not None else self.config.timeout,
             max_retries=max_retries if max_retries is not None else self.config.max_retries, kind=kind,
@@ -115,16 +118,22 @@ class Executor(cf.Executor):
         return self._submit_job(fn, [(args, kwargs)], None, None)[0]
 
     def map(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (),  # type: ignore[override]
-            timeout: float | None = None, max_retries: int | None = None) -> list[ResponseFuture]:
+            timeout: float | None = None, max_retries: int | None = None, retries: int = 0,
+            retry_on: tuple[type[BaseException], ...] = (Exception,)) -> list[ResponseFuture]:
         """Run ``func(item, *extra_args)`` for every item, one call each; return the futures at once.
 
         Args:
             iterdata: the inputs, any iterable (a generator too).
             timeout: seconds after which a call is stopped and its future raises `CallTimeoutError`.
             max_retries: how often a call whose worker died is re-run.
+            retries: how often a call that raises one of ``retry_on`` is tried again, with
+                exponential backoff; exceptions are not retried by default.
         """
         extra = tuple(extra_args)
-        return self._submit_job(func, (((item, *extra), {}) for item in iterdata), timeout, max_retries)
+        name = _qualname(func)
+        if retries:
+            func = Retrying(func, retries, tuple(retry_on))
+        return self._submit_job(func, (((item, *extra), {}) for item in iterdata), timeout, max_retries, name=name)
 
     def reduce(self, func: Callable, futures: Iterable[ResponseFuture], extra_args: Iterable[Any] = (),
                timeout: float | None = None) -> ResponseFuture:
@@ -172,16 +181,45 @@ class Executor(cf.Executor):
         """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call."""
         return self.reduce(reduce_func, self.map(map_func, iterdata, extra_args, timeout), timeout=timeout)
 
-    def attach(self, job_id: str) -> list[ResponseFuture]:
-        """Rebuild the futures of an existing job from storage alone (from any process)."""
+    def manifest(self, job_id: str) -> Manifest:
+        """The stored description of a job; `JobNotFoundError` if the store has none."""
         layout = Layout(self.config.prefix, job_id)
         try:
-            manifest = Manifest.decode(self.storage.get(layout.manifest))
-        except KeyError:
-            raise ConfigError(f"no job {job_id!r} under prefix {self.config.prefix!r} in {self.storage!r}") from None
+            return Manifest.decode(self.storage.get(layout.manifest))
+        except KeyNotFoundError:
+            raise JobNotFoundError(f"no job {job_id!r} under prefix {self.config.prefix!r} in {self.storage!r}; "
+                                   "`burstmap jobs` lists the jobs there") from None
+
+    def attach(self, job_id: str, resume: bool = False) -> list[ResponseFuture]:
+        """Rebuild the futures of an existing job from storage alone (from any process).
+
+        With ``resume``, calls that have no status yet (their client and its workers died) are run
+        again on this executor's backend; calls are idempotent, so a late original does no harm.
+        """
+        manifest = self.manifest(job_id)
+        layout = manifest.layout
         futures = [ResponseFuture(layout, i, self.storage) for i in range(manifest.n_calls)]
+        if resume:
+            finished = {call_id_of(key) for key in self.storage.list(layout.status_prefix)}
+            missing = [i for i in range(manifest.n_calls) if i not in finished]
+            if missing:
+                self._start()
+                self.backend.run(manifest, missing)
         self._watcher.watch(layout, futures)
         return futures
+
+    def replay(self, job_id: str, call_id: int) -> Any:
+        """Run one stored call again here, in this process, so a debugger works; nothing is written.
+
+        Raises whatever the call raises.
+        """
+        manifest = self.manifest(job_id)
+        if not 0 <= call_id < manifest.n_calls:
+            raise ValueError(f"job {job_id} has calls 0 to {manifest.n_calls - 1}, not {call_id}")
+        start, end = manifest.data_range(call_id)
+        task = Task(manifest.prefix, job_id, call_id, start, end)
+        func, args, kwargs = Handler(self.storage, self._key, "replay").load(task)
+        return func(*args, **kwargs)
 
     def as_executor(self) -> cf.Executor:
         """A face with the exact `concurrent.futures.Executor` API (``map`` yields results)."""

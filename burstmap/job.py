@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import BurstmapError
 
-__all__ = ["CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "call_name"]
+__all__ = ["CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "call_id_of", "call_name"]
 
 RECORD_MAGIC = b"BMS1\n"
 #: Statuses are grouped by this many calls so that a poll lists only groups with calls pending.
@@ -45,6 +45,12 @@ class RecordError(BurstmapError, ValueError):
 def call_name(call_id: int) -> str:
     """The key segment of a call: zero-padded so keys sort in call order."""
     return f"{call_id:05d}"
+
+
+def call_id_of(status_key: str) -> int | None:
+    """The call id a status key belongs to, or None for a key that is not a status."""
+    name = status_key.rpartition("/")[2]
+    return int(name) if name.isdigit() else None
 
 
 @dataclass(frozen=True)

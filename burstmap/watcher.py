@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from .errors import PayloadRejectedError
 from .future import Deferred, ResponseFuture, rebuild_error
-from .job import CHUNK, CallState, Layout, Record, RecordError
+from .job import CHUNK, CallState, Layout, Record, RecordError, call_id_of
 from .serialize import loads
 from .storage.base import Storage
 
@@ -32,6 +32,9 @@ def finish(future: ResponseFuture, storage: Storage, key: bytes, data: bytes) ->
         future.set_exception(RecordError(f"{layout.status(call_id)}: {e}"))
         return
     identity = f"{layout.job_id}/out/{call_id}"
+    if record.state not in (CallState.OK, CallState.ERROR):
+        future._finish(record, error=rebuild_error(record, None, False))
+        return
     if record.output_key and record.state is CallState.OK:
         future._finish(record, Deferred(lambda: loads(key, identity, storage.get(record.output_key))))
         return
@@ -94,7 +97,7 @@ class Watcher:
                 keys = list(self._storage.list(layout.status_chunk(chunk)))
                 listing += time.perf_counter() - began
                 for key in keys:
-                    call_id = _call_id(key)
+                    call_id = call_id_of(key)
                     future = pending.pop(call_id, None) if call_id is not None else None
                     if future is None:
                         continue
@@ -108,10 +111,5 @@ class Watcher:
                     if not self._jobs.get(layout.job_id, (None, True))[1]:
                         del self._jobs[layout.job_id]
         return found, listing
-
-
-def _call_id(key: str) -> int | None:
-    name = key.rpartition("/")[2]
-    return int(name) if name.isdigit() else None
 
 

@@ -64,9 +64,7 @@ class Handler:
         record = Record(task.call_id, CallState.OK, task.attempt, time.time(), host=_HOST, worker=self.worker,
                         pid=os.getpid())
         try:
-            func = self._function(task)
-            args, kwargs = loads(self._key, f"{task.job_id}/data/{task.call_id}", self._input(task))
-            args = tuple(self._resolve(a) for a in args)
+            func, args, kwargs = self.load(task)
         except PayloadRejectedError as e:
             record.state, record.error = CallState.REJECTED, _error_fields(e)
             return self._finish(task, record)
@@ -88,11 +86,16 @@ class Handler:
         record.output = self._seal_value(task, value, record)
         return self._finish(task, record)
 
+    def load(self, task: Task) -> tuple[Callable, tuple, dict]:
+        """Read, verify and unpickle a task's function and arguments."""
+        func = self._function(task)
+        args, kwargs = loads(self._key, f"{task.job_id}/data/{task.call_id}", self._input(task))
+        return func, tuple(self._resolve(a) for a in args), kwargs
+
     def write_failure(self, task: Task, state: CallState, error: BaseException, start: float) -> None:
         """Record that a task ended outside the handler (its worker died or was stopped)."""
         record = Record(task.call_id, state, task.attempt, start, time.time(), host=_HOST, worker=self.worker,
                         error=_error_fields(error))
-        record.output = self._seal_value(task, error, record)
         self._finish(task, record)
 
     def _seal_value(self, task: Task, value: Any, record: Record) -> bytes:
