@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from .errors import PayloadRejectedError
+from .errors import PayloadRejectedError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error
 from .job import CHUNK, CallState, Layout, Record, RecordError, call_id_of
 from .serialize import loads
@@ -55,7 +55,8 @@ def finish(future: ResponseFuture, storage: Storage, key: bytes, data: bytes) ->
 class Watcher:
     """Watches jobs in one store and finishes their futures as status records appear."""
 
-    def __init__(self, storage: Storage, key: bytes) -> None:
+    def __init__(self, storage: Storage, key: bytes, outage_limit: float = 60.0) -> None:
+        self.outage_limit = outage_limit
         self._storage = storage
         self._key = key
         self._jobs: dict[str, tuple[Layout, dict[int, ResponseFuture]]] = {}
@@ -74,14 +75,30 @@ class Watcher:
                 self._thread.start()
         self._wake.set()
 
+    def _fail_all(self, error: Exception) -> None:
+        """The store stayed unreachable: every pending call fails with one line that says so."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, {}
+        failure = StorageError(f"store {self._storage!r} unreachable for over {self.outage_limit:g}s: {error}")
+        for _, pending in jobs.values():
+            for future in pending.values():
+                future.set_exception(failure)
+
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()
 
     def _loop(self) -> None:
-        interval = _MIN_INTERVAL
+        interval, outage = _MIN_INTERVAL, None
         while not self._stopped:
-            found, listing = self._poll()
+            try:
+                found, listing = self._poll()
+                outage = None
+            except Exception as e:
+                outage = outage or time.monotonic()
+                if time.monotonic() - outage > self.outage_limit:
+                    self._fail_all(e)
+                found, listing = 0, 0.0
             interval = max(_MIN_INTERVAL, 4 * listing) if found else min(_MAX_INTERVAL, interval * 1.5)
             self._wake.wait(interval)
             self._wake.clear()

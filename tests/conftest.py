@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-__all__ = ["AuthServer", "EXECUTORS", "TEST_SECRET", "free_port", "moto_server", "moto_auth_server", "redis_server", "start_moto"]
+__all__ = ["AuthServer", "EXECUTORS", "TEST_SECRET", "free_port", "moto_server", "moto_auth_server", "redis_server", "start_moto", "start_redis", "stop_redis"]
 
 
 def free_port() -> int:
@@ -120,17 +120,14 @@ def moto_auth_server() -> Iterator[AuthServer]:
 _S3_ALL = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}'
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server on loopback with persistence off; yields its URL (database 0)."""
+def start_redis(port: int, folder: Path, persist: bool = False) -> subprocess.Popen:
+    """Start a redis-server on a loopback port (append-only persistence if asked) and wait for it."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not installed: run `apt-get install -y redis-server`")
-    port = free_port()
-    folder: Path = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(folder)],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "yes" if persist else "no", "--dir", str(folder)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -142,6 +139,21 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     try:
         _wait_until(ready, proc, "redis-server")
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc
+
+
+stop_redis = _stop
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server on loopback with persistence off; yields its URL (database 0)."""
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
+    try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         _stop(proc)

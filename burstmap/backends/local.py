@@ -8,6 +8,7 @@ that call is re-run (up to the job's ``max_retries``), the rest of its batch is 
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import pickle
@@ -27,6 +28,7 @@ from .base import Backend
 
 __all__ = ["LocalBackend"]
 
+log = logging.getLogger(__name__)
 _MAX_BATCH = 64
 _DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
 _TICK = 0.05
@@ -197,7 +199,7 @@ class _Pool:
                     f"call {manifest.job_id}/{call_name(task.call_id)} ran past its timeout of "
                     f"{manifest.timeout:g}s and its worker was stopped"
                 )
-                Handler(self._storage, self._key, slot.name).write_failure(task, CallState.TIMEOUT, error, start)
+                self._record_failure(slot, task, CallState.TIMEOUT, error, start)
                 self._replace(slot, requeue=batch[index + 1:] + slot.unstarted(int(slot.progress[0])))
 
     def _worker_died(self, slot: _Slot) -> None:
@@ -219,8 +221,15 @@ class _Pool:
                 f"call {manifest.job_id}/{call_name(task.call_id)}: worker {slot.name} (pid {slot.process.pid}) "
                 f"on {os.uname().nodename} died ({how}) in attempt {task.attempt} of {manifest.max_retries + 1}"
             )
-            Handler(self._storage, self._key, slot.name).write_failure(task, CallState.DIED, error, start)
+            self._record_failure(slot, task, CallState.DIED, error, start)
         self._replace(slot, requeue=retry + batch[index + 1:] + slot.unstarted(after))
+
+    def _record_failure(self, slot: _Slot, task: Task, state: CallState, error: Exception, start: float) -> None:
+        """Write a died/timeout status; if the store is down, say so and carry on for the other calls."""
+        try:
+            Handler(self._storage, self._key, slot.name).write_failure(task, state, error, start)
+        except Exception as e:
+            log.warning("could not record that %s/%s %s: %s", task.job_id, call_name(task.call_id), state.value, e)
 
     def _replace(self, slot: _Slot, requeue: list[tuple[Manifest, Task]]) -> None:
         slot.conn.close()

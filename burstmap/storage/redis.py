@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from ..errors import KeyNotFoundError, StorageError
 from .base import Storage
@@ -39,8 +41,9 @@ class RedisStorage(Storage):
 
     name = "redis"
 
-    def __init__(self, url: str = "redis://localhost:6379/0") -> None:
+    def __init__(self, url: str = "redis://localhost:6379/0", retries: int = 6) -> None:
         self.url = url
+        self.retries = retries
         parts = urlsplit(url)
         self.address = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
         self._lock = threading.Lock()
@@ -52,7 +55,11 @@ class RedisStorage(Storage):
         if self._client_obj is None:
             with self._lock:
                 if self._client_obj is None:
-                    self._client_obj = redis.Redis.from_url(self.url, socket_connect_timeout=5)
+                    self._client_obj = redis.Redis.from_url(
+                        self.url, socket_connect_timeout=5,
+                        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), self.retries),
+                        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+                    )
         return self._client_obj
 
     @contextmanager

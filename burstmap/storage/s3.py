@@ -86,7 +86,7 @@ class S3Storage(Storage):
         )
         config = Config(
             max_pool_connections=self.max_pool_connections,
-            retries={"max_attempts": 3, "mode": "standard"},
+            retries={"max_attempts": 6, "mode": "standard"},
             connect_timeout=10,
         )
         return session.client("s3", endpoint_url=self.endpoint_url, config=config)
