@@ -27,7 +27,7 @@ from . import registry
 from .config import Config, config_path, load_config, secret_key_path
 from .errors import BurstmapError
 from .job import Layout
-from .stats import FAILED_STATES, CALL_FIELDS, JobNotFoundError, JobRecords, call_rows, job_stats, list_jobs
+from .stats import CALL_FIELDS, FAILED_STATES, JobNotFoundError, JobRecords, job_stats, list_jobs
 from .storage.base import Storage
 from .storage.url import open_store
 
@@ -67,14 +67,17 @@ class Session:
 
     @cached_property
     def config(self) -> Config:
+        """The configuration, loaded the normal way, with ``--prefix`` applied."""
         return load_config(prefix=self.prefix_override)
 
     @property
     def prefix(self) -> str:
+        """The key prefix of jobs."""
         return self.config.prefix
 
     @cached_property
     def storage(self) -> Storage:
+        """The store named by ``--store``, else the configured one."""
         if self.store_url:
             url = self.store_url if self.store_url.endswith("/") else self.store_url + "/"
             store, key = open_store(url)

@@ -72,6 +72,7 @@ class JobRecords:
 
     @property
     def pending(self) -> int:
+        """Calls with no record yet: queued or running."""
         return self.manifest.n_calls - len(self.records) - len(self.corrupt)
 
     def refresh(self) -> int:
