@@ -1,0 +1,476 @@
+"""The ``burstmap`` command: look at jobs in the store (progress, results, logs, statistics, pictures),
+clean them up, and manage the configuration.
+
+``main`` is a click group; other modules add their subcommands with ``main.add_command(...)``.
+Exit codes: 0 success, 1 failure, 2 usage error. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import os
+import pickle
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, NoReturn
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import yaml
+
+from . import registry
+from .config import Config, config_path, load_config, secret_key_path
+from .errors import BurstmapError
+from .job import Layout
+from .stats import CALL_FIELDS, FAILED_STATES, JobNotFoundError, JobRecords, job_stats, list_jobs
+from .storage.base import Storage
+from .storage.url import open_store
+
+__all__ = ["main", "Session", "pass_session"]
+
+_SECRET_WORDS = ("secret", "password", "key")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: A job with pending calls counts as running if it was submitted or finished a call this recently.
+RUNNING_WINDOW = 3600.0
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class _Group(click.Group):
+    """A click group that turns burstmap's errors into one line on stderr and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the reader left (| head): no noise
+            ctx.exit(1)
+        except JobNotFoundError as e:
+            raise click.ClickException(f"{_one_line(e)}; list job ids with: burstmap jobs") from None
+        except (BurstmapError, OSError) as e:
+            raise click.ClickException(_one_line(e)) from None
+
+
+@dataclass
+class Session:
+    """What every subcommand shares: the configuration and the store, built on first use."""
+
+    store_url: str | None = None
+    prefix_override: str | None = None
+
+    @cached_property
+    def config(self) -> Config:
+        """The configuration, loaded the normal way, with ``--prefix`` applied."""
+        return load_config(prefix=self.prefix_override)
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix of jobs."""
+        return self.config.prefix
+
+    @cached_property
+    def storage(self) -> Storage:
+        """The store named by ``--store``, else the configured one."""
+        if self.store_url:
+            url = self.store_url if self.store_url.endswith("/") else self.store_url + "/"
+            store, key = open_store(url)
+            if key.strip("/"):
+                raise click.UsageError(f"--store names a store, not a key in it ({key!r}): use --prefix for that")
+            return store
+        component = self.config.storage
+        return registry.load("storage", component.name)(**component.options)
+
+    def job(self, job_id: str) -> JobRecords:
+        """Load a job's manifest and records; unknown ids become a one-line error."""
+        return JobRecords.load(self.storage, self.prefix, job_id)
+
+
+pass_session = click.make_pass_decorator(Session)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", metavar="URL", help="The store to use (file:///dir, s3://bucket, redis://host:port/db), "
+              "instead of the configured one.")
+@click.option("--prefix", metavar="PREFIX", help="The key prefix of jobs in the store (default from config).")
+@click.version_option(package_name="burstmap")
+@click.pass_context
+def main(ctx: click.Context, store: str | None, prefix: str | None) -> None:
+    """Run one Python function over many inputs in parallel: inspect and clean the jobs in the store."""
+    ctx.obj = Session(store, prefix)
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(timestamp).isoformat(sep=" ", timespec="seconds")
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def _is_running(job: JobRecords, now: float) -> bool:
+    """Pending calls, and activity within `RUNNING_WINDOW` (or the job's call timeout, if longer)."""
+    last = max([job.manifest.submitted, *(r.end for r in job.records.values())])
+    return job.pending > 0 and now - last < max(RUNNING_WINDOW, job.manifest.timeout or 0.0)
+
+
+# ---- config ---------------------------------------------------------------------------------------
+
+_DEFAULT_CONFIG = """\
+# burstmap configuration. Environment variables override each setting:
+# BURSTMAP_BACKEND, BURSTMAP_STORAGE, BURSTMAP_PREFIX, BURSTMAP_TIMEOUT, BURSTMAP_MAX_RETRIES,
+# BURSTMAP_PROGRESS, BURSTMAP_SECRET_KEY, BURSTMAP_BACKEND_<OPTION>, BURSTMAP_STORAGE_<OPTION>.
+
+# Where calls run: local (worker processes on this machine).
+backend:
+  name: local
+  # workers: 4            # default: one per core
+
+# Where functions, inputs and results are kept: local (a directory), s3 or redis.
+storage:
+  name: local
+  # path: {store}
+
+# Every key of every job starts with this.
+prefix: burstmap
+
+# timeout: 600            # seconds after which a call is stopped (default: none)
+max_retries: 2            # re-runs of a call whose worker died
+progress: auto            # progress bar: true, false or auto (when stderr is a terminal)
+
+# The HMAC key that signs payloads; the same on every machine of a job.
+# Default: generated once into {secret}
+# secret_key: ...
+"""
+
+
+@main.group("config")
+def config_group() -> None:
+    """Write or show the configuration file."""
+
+
+@config_group.command("init")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def config_init(force: bool) -> None:
+    """Write a commented default configuration to the config path."""
+    from .storage.local import default_path
+    path = config_path()
+    if path.exists() and not force:
+        raise click.ClickException(f"{path} exists; use --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_DEFAULT_CONFIG.format(store=default_path(), secret=secret_key_path()))
+    click.echo(f"wrote {path}")
+
+
+def _redact(value: Any, name: str = "") -> Any:
+    """Hide secrets: values of options named like a secret, and passwords inside URLs."""
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if value not in (None, "") and any(word in name.lower() for word in _SECRET_WORDS):
+        return "***"
+    if isinstance(value, str) and "://" in value:
+        parts = urlsplit(value)
+        if parts.password:
+            return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    return value
+
+
+@config_group.command("show")
+@pass_session
+def config_show(session: Session) -> None:
+    """Print the effective configuration (file, environment, options), secrets hidden."""
+    cfg = session.config
+    path = config_path()
+    shown = {
+        "backend": {"name": cfg.backend.name, **cfg.backend.options},
+        "storage": session.store_url or {"name": cfg.storage.name, **cfg.storage.options},
+        "prefix": cfg.prefix, "timeout": cfg.timeout, "max_retries": cfg.max_retries,
+        "progress": "auto" if cfg.progress is None else cfg.progress,
+        "secret_key": cfg.secret_key,
+    }
+    shown = _redact(shown)
+    if not cfg.secret_key:
+        shown["secret_key"] = f"(generated into {secret_key_path()})"
+    click.echo(f"# {path} ({'read' if path.exists() else 'missing: defaults'}), then the environment")
+    click.echo(yaml.safe_dump(shown, sort_keys=False).rstrip())
+
+
+# ---- jobs, status -----------------------------------------------------------------------------------
+
+def _table(rows: list[list[str]]) -> Iterator[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+
+
+def _job_row(job: JobRecords, now: float) -> list[str]:
+    counts = job.counts()
+    ends = [r.end for r in job.records.values()]
+    if job.pending == 0 and ends:
+        duration = _seconds(max(ends) - job.manifest.submitted)
+    else:
+        duration = "running" if _is_running(job, now) else "stalled"
+    return [job.manifest.job_id, job.manifest.function, str(counts["ok"]),
+            str(sum(counts[s] for s in FAILED_STATES)), str(job.pending), str(counts["corrupt"]),
+            _when(job.manifest.submitted), duration]
+
+
+@main.command("jobs")
+@pass_session
+def jobs_command(session: Session) -> None:
+    """List the jobs in the store, oldest first."""
+    rows = [["JOB", "FUNCTION", "DONE", "FAILED", "PENDING", "CORRUPT", "SUBMITTED", "DURATION"]]
+    now = time.time()
+    for job in list_jobs(session.storage, session.prefix):
+        if isinstance(job, JobRecords):
+            rows.append(_job_row(job, now))
+        else:
+            rows.append([job[0], f"(unreadable manifest: {job[1]})", "-", "-", "-", "-", "-", "-"])
+    if len(rows) == 1:
+        click.echo(f"no jobs under prefix {session.prefix!r} in {session.storage!r}", err=True)
+        return
+    click.echo("\n".join(_table(rows)))
+
+
+def _follow(job: JobRecords, interval: float) -> None:
+    from tqdm import tqdm
+    finished = job.manifest.n_calls - job.pending
+    with tqdm(total=job.manifest.n_calls, initial=finished, unit="call", desc=job.manifest.job_id,
+              file=sys.stderr) as bar:
+        while True:
+            counts = job.counts()
+            bar.update(job.manifest.n_calls - job.pending - bar.n)
+            bar.set_postfix(done=counts["ok"], failed=sum(counts[s] for s in FAILED_STATES),
+                            running_or_queued=job.pending, refresh=False)
+            if job.pending == 0:
+                break
+            time.sleep(interval)
+            job.refresh()
+
+
+@main.command("status")
+@click.argument("job_id", metavar="JOB")
+@click.option("--follow", "-f", is_flag=True, help="Show a progress bar until every call has finished.")
+@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds between polls with --follow.")
+@pass_session
+def status_command(session: Session, job_id: str, follow: bool, interval: float) -> None:
+    """Count a job's calls by state (pending means queued or running)."""
+    job = session.job(job_id)
+    if follow:
+        _follow(job, interval)
+    click.echo(f"job {job_id}: {job.manifest.function}, {job.manifest.n_calls} calls, "
+               f"submitted {_when(job.manifest.submitted)}")
+    for state, count in job.counts().items():
+        if count or state in ("ok", "pending"):
+            click.echo(f"  {state:<9} {count}")
+
+
+# ---- results, logs ------------------------------------------------------------------------------------
+
+def _outcomes(session: Session, job: JobRecords) -> Iterator[tuple[int, str, Any]]:
+    """Each call's (call_id, state, result or exception); pending calls give ``None``."""
+    from .future import ResponseFuture
+    from .watcher import finish
+    key = session.config.secret()
+    layout = job.manifest.layout
+    for call_id in range(job.manifest.n_calls):
+        if call_id in job.corrupt:
+            yield call_id, "corrupt", BurstmapError(job.corrupt[call_id])
+            continue
+        if call_id not in job.records:
+            yield call_id, "pending", None
+            continue
+        future = ResponseFuture(layout, call_id, session.storage)
+        finish(future, session.storage, key, job.records[call_id].encode())
+        error = future.exception()
+        yield call_id, job.records[call_id].state.value, error if error is not None else future.result()
+
+
+@main.command("results")
+@click.argument("job_id", metavar="JOB")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, writable=True),
+              help="Write a pickle of the list of results (an exception in place of a failed call, "
+                   "None for a pending one) instead of printing them.")
+@pass_session
+def results_command(session: Session, job_id: str, out: str | None) -> None:
+    """Print each call's result (its repr), or its error. Exits 1 if a call failed."""
+    job = session.job(job_id)
+    outcomes = list(_outcomes(session, job))
+    if out:
+        with open(out, "wb") as f:
+            pickle.dump([value for _, _, value in outcomes], f)
+        click.echo(f"wrote {len(outcomes)} results to {out}")
+    else:
+        for call_id, state, value in outcomes:
+            shown = f"{type(value).__name__}: {_one_line(value)}" if isinstance(value, BaseException) else repr(value)
+            click.echo(f"{call_id}\t{state}\t{shown}")
+    bad = sum(isinstance(value, BaseException) for _, _, value in outcomes)
+    if bad:
+        _fail(f"{bad} of {len(outcomes)} calls failed")
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    click.get_current_context().exit(1)
+
+
+def _echo_log(job: JobRecords, call_id: int, header: bool) -> None:
+    record = job.records[call_id]
+    if header:
+        click.echo(f"--- call {call_id} ({record.state.value}, {record.worker}) ---")
+    log = record.log.decode("utf-8", "replace")
+    if log:
+        click.echo(log, nl=not log.endswith("\n"))
+    if record.error and record.error.get("traceback"):
+        click.echo(record.error["traceback"].rstrip("\n"))
+
+
+@main.command("logs")
+@click.argument("job_id", metavar="JOB")
+@click.argument("call_id", metavar="[CALL]", type=click.IntRange(min=0), required=False)
+@pass_session
+def logs_command(session: Session, job_id: str, call_id: int | None) -> None:
+    """Print what calls wrote to stdout and stderr, and the traceback of failed ones.
+
+    Without CALL: every finished call that printed something or failed.
+    """
+    job = session.job(job_id)
+    if call_id is None:
+        for cid in sorted(job.records):
+            record = job.records[cid]
+            if record.log or record.error:
+                _echo_log(job, cid, header=True)
+        return
+    if call_id >= job.manifest.n_calls:
+        raise click.BadParameter(f"job {job_id} has calls 0 to {job.manifest.n_calls - 1}", param_hint="CALL")
+    if call_id in job.corrupt:
+        _fail(f"the status record of call {call_id} is corrupt: {job.corrupt[call_id]}")
+    if call_id not in job.records:
+        _fail(f"call {call_id} has not finished yet")
+    _echo_log(job, call_id, header=False)
+
+
+# ---- stats, plot -----------------------------------------------------------------------------------
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    overhead = summary["overhead_fraction"]
+    throughput = summary["throughput"]
+    lines = [
+        f"calls        {summary['calls']}: {summary['done']} ok, {summary['failed']} failed, "
+        f"{summary['pending']} pending, {summary['corrupt']} corrupt",
+        f"wall time    {_seconds(summary['wall_time'])} (submit to last end)",
+        f"throughput   {'-' if throughput is None else f'{throughput:.1f} calls/s'}",
+        f"median call  {_seconds(summary['median_duration'])}",
+        f"max queue    {_seconds(summary['queue_wait_max'])}",
+        f"overhead     {'-' if overhead is None else f'{overhead:.1%}'} of worker time outside the function",
+    ]
+    click.echo("\n".join(lines))
+    for s in summary["stragglers"]:
+        click.echo(f"straggler    call {s['call_id']}: {_seconds(s['duration'])} on {s['worker']}")
+
+
+@main.command("stats")
+@click.argument("job_id", metavar="JOB")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per call instead of the summary.")
+@pass_session
+def stats_command(session: Session, job_id: str, as_csv: bool) -> None:
+    """Show a job's timings: wall time, throughput, overhead, stragglers; or every call as CSV."""
+    report = job_stats(session.storage, session.prefix, job_id)
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=CALL_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(report["calls"])
+        return
+    click.echo(f"job {job_id}: {', '.join(report['functions'])}")
+    _print_summary(report["summary"])
+
+
+@main.command("plot")
+@click.argument("job_id", metavar="JOB")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="The PNG file to write.")
+@pass_session
+def plot_command(session: Session, job_id: str, output: str) -> None:
+    """Draw a job's timeline by worker and its histogram of call durations into a PNG."""
+    from .plot import plot
+    report = job_stats(session.storage, session.prefix, job_id)
+    click.echo(f"wrote {plot(report, output)}")
+
+
+# ---- clean ---------------------------------------------------------------------------------------
+
+class _Duration(click.ParamType):
+    """A duration such as ``90s``, ``30m``, ``12h``, ``7d`` or ``2w``, in seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, (int, float)):
+            return float(value)
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", str(value))
+        if not match:
+            self.fail(f"{value!r} is not a duration like 90s, 30m, 12h, 7d or 2w", param, ctx)
+        return float(match[1]) * _UNITS[match[2]]
+
+
+def _chosen(session: Session, job_id: str | None, older_than: float | None, all_jobs: bool) -> list[JobRecords]:
+    if sum((job_id is not None, older_than is not None, all_jobs)) != 1:
+        raise click.UsageError("give exactly one of JOB, --older-than or --all")
+    if job_id is not None:
+        return [session.job(job_id)]
+    jobs = [j for j in list_jobs(session.storage, session.prefix) if isinstance(j, JobRecords)]
+    if older_than is not None:
+        cutoff = time.time() - older_than
+        jobs = [j for j in jobs if j.manifest.submitted < cutoff]
+    return jobs
+
+
+def _delete(storage: Storage, layout: Layout) -> None:
+    """Delete a job's objects, its manifest last so that an interrupted clean can be re-run."""
+    storage.delete_prefix(layout.root)
+    storage.delete([layout.manifest])
+
+
+@main.command("clean")
+@click.argument("job_id", metavar="[JOB]", required=False)
+@click.option("--older-than", type=_Duration(), help="Delete the jobs submitted longer ago than this (7d, 12h...).")
+@click.option("--all", "all_jobs", is_flag=True, help="Delete every job under the prefix.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--force", is_flag=True, help="Delete jobs that are still running too.")
+@pass_session
+def clean_command(session: Session, job_id: str | None, older_than: float | None, all_jobs: bool,
+                  yes: bool, force: bool) -> None:
+    """Delete jobs from the store: one JOB, those older than a duration, or all.
+
+    A job still running (calls pending and activity within the last hour, or its call timeout) is
+    kept unless --force.
+    """
+    jobs = _chosen(session, job_id, older_than, all_jobs)
+    now = time.time()
+    running = [j for j in jobs if not force and _is_running(j, now)]
+    jobs = [j for j in jobs if j not in running]
+    for job in running:
+        click.echo(f"Error: job {job.manifest.job_id} is still running ({job.pending} calls pending); "
+                   f"use --force to delete it anyway", err=True)
+    if jobs and not yes:
+        click.confirm(f"Delete {len(jobs)} job(s): {', '.join(j.manifest.job_id for j in jobs)}?", abort=True)
+    for job in jobs:
+        _delete(session.storage, job.manifest.layout)
+    click.echo(f"deleted {len(jobs)} job(s)")
+    if running:
+        click.get_current_context().exit(1)
+
+
+if __name__ == "__main__":
+    # Run the imported module's group, not this __main__ copy, so commands other modules add are there.
+    from burstmap.cli import main as _main
+    _main()

@@ -1,0 +1,219 @@
+"""Statistics of jobs, computed from their status records alone, as plain data (dicts and lists).
+
+Per call: the time it waited in the queue (``start - submitted``), its setup (reading the function
+and input), its compute (the user's function), its overhead (``end - start - setup - compute``:
+pickling and writing the result), its duration (``end - start``), peak RSS, host, worker, attempt
+and state. Calls without a status record are ``pending`` (queued or running: the store cannot tell
+which); calls whose record cannot be decoded are ``corrupt``.
+
+Per job: counts by state, wall time (submit to last end), throughput (finished calls per second
+of wall time), the overhead fraction and the stragglers (see `summarize`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BurstmapError, KeyNotFoundError
+from .job import CallState, Layout, Manifest, Record, RecordError
+from .storage.base import Storage
+
+__all__ = [
+    "CALL_FIELDS", "FAILED_STATES", "JobNotFoundError", "JobRecords", "call_rows", "job_stats",
+    "list_jobs", "stats", "summarize",
+]
+
+#: The columns of one call's row, in CSV order.
+CALL_FIELDS = ("job_id", "call_id", "state", "attempt", "host", "worker", "pid", "start", "end", "queue_wait",
+               "setup", "compute", "overhead", "duration", "peak_rss", "error")
+#: States of a call that finished without a result.
+FAILED_STATES = frozenset(s.value for s in CallState if s is not CallState.OK)
+#: A call is a straggler when its duration exceeds this many times the median duration.
+STRAGGLER_FACTOR = 2.0
+_FETCHERS = 16
+
+
+class JobNotFoundError(BurstmapError, KeyError):
+    """No manifest exists for a job id under a prefix."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "job not found"
+
+
+@dataclass
+class JobRecords:
+    """A job's manifest and the status records found so far; `refresh` fetches only new ones."""
+
+    storage: Storage
+    manifest: Manifest
+    records: dict[int, Record] = field(default_factory=dict)
+    corrupt: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, storage: Storage, prefix: str, job_id: str) -> JobRecords:
+        """Read a job's manifest and every status record it has.
+
+        Raises:
+            JobNotFoundError: there is no job ``job_id`` under ``prefix``.
+        """
+        layout = Layout(prefix, job_id)
+        try:
+            data = storage.get(layout.manifest)
+        except KeyNotFoundError:
+            raise JobNotFoundError(f"no job {job_id!r} under prefix {prefix!r} in {storage!r}") from None
+        job = cls(storage, Manifest.decode(data))
+        job.refresh()
+        return job
+
+    @property
+    def pending(self) -> int:
+        """Calls with no record yet: queued or running."""
+        return self.manifest.n_calls - len(self.records) - len(self.corrupt)
+
+    def refresh(self) -> int:
+        """Fetch the records that appeared since the last refresh (one LIST); return how many."""
+        layout = self.manifest.layout
+        new = {}
+        for key in self.storage.list(layout.status_prefix):
+            name = key.rpartition("/")[2]
+            if name.isdigit() and int(name) < self.manifest.n_calls and int(name) not in self.records:
+                new[int(name)] = key
+        for call_id, blob in zip(new, _fetch(self.storage, list(new.values()))):
+            if blob is None:
+                continue
+            try:
+                self.records[call_id] = Record.decode(blob)
+                self.corrupt.pop(call_id, None)
+            except RecordError as e:
+                self.corrupt[call_id] = str(e)
+        return len(new)
+
+    def counts(self) -> dict[str, int]:
+        """How many calls are in each state, plus ``pending`` and ``corrupt``."""
+        counts = Counter(r.state.value for r in self.records.values())
+        return {**{s.value: counts[s.value] for s in CallState}, "pending": self.pending, "corrupt": len(self.corrupt)}
+
+
+def _fetch(storage: Storage, keys: list[str]) -> list[bytes | None]:
+    """Get keys in parallel; a key deleted since it was listed gives ``None``."""
+    def get(key: str) -> bytes | None:
+        try:
+            return storage.get(key)
+        except KeyNotFoundError:
+            return None
+
+    if len(keys) < 2:
+        return [get(k) for k in keys]
+    with ThreadPoolExecutor(min(_FETCHERS, len(keys))) as pool:
+        return list(pool.map(get, keys))
+
+
+def call_rows(manifest: Manifest, records: dict[int, Record], corrupt: Iterable[int] = ()) -> list[dict[str, Any]]:
+    """One row per call of a job (see `CALL_FIELDS`); unfinished calls have ``None`` for times."""
+    corrupt = set(corrupt)
+    rows = []
+    for call_id in range(manifest.n_calls):
+        row: dict[str, Any] = dict.fromkeys(CALL_FIELDS)
+        row.update(job_id=manifest.job_id, call_id=call_id, state="corrupt" if call_id in corrupt else "pending")
+        record = records.get(call_id)
+        if record is not None:
+            row.update({k: v for k, v in record.header().items() if k in row and k != "error"})
+            row.update(
+                queue_wait=record.start - manifest.submitted, duration=record.duration,
+                overhead=record.duration - record.setup - record.compute,
+                error=(record.error or {}).get("type"),
+            )
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: Sequence[dict[str, Any]], submitted: float) -> dict[str, Any]:
+    """Totals over call rows of jobs submitted at ``submitted`` (the earliest, for several jobs).
+
+    ``overhead_fraction`` is ``1 - sum(compute) / sum(duration)`` over finished calls: the share of
+    the time workers spent on calls that went to anything but the user's function (reading the
+    function and input, unpickling, writing the result). Queue wait is not part of it.
+    ``stragglers`` are the finished calls whose duration exceeds `STRAGGLER_FACTOR` times the median,
+    slowest first.
+    """
+    finished = [r for r in rows if r["end"] is not None]
+    states = Counter(r["state"] for r in rows)
+    wall = max(r["end"] for r in finished) - submitted if finished else None
+    busy = sum(r["duration"] for r in finished)
+    median = statistics.median(r["duration"] for r in finished) if finished else None
+    slow = [r for r in finished if median is not None and r["duration"] > STRAGGLER_FACTOR * median]
+    return {
+        "calls": len(rows),
+        "done": states[CallState.OK.value],
+        "failed": sum(states[s] for s in FAILED_STATES),
+        "pending": states["pending"],
+        "corrupt": states["corrupt"],
+        "states": dict(sorted(states.items())),
+        "submitted": submitted,
+        "wall_time": wall,
+        "throughput": len(finished) / wall if wall else None,
+        "median_duration": median,
+        "overhead_fraction": 1 - sum(r["compute"] for r in finished) / busy if busy > 0 else None,
+        "queue_wait_max": max((r["queue_wait"] for r in finished), default=None),
+        "stragglers": [{"job_id": r["job_id"], "call_id": r["call_id"], "duration": r["duration"], "worker": r["worker"]}
+                       for r in sorted(slow, key=lambda r: -r["duration"])],
+    }
+
+
+def _report(manifests: Sequence[Manifest], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "job_ids": [m.job_id for m in manifests],
+        "functions": sorted({m.function for m in manifests}),
+        "summary": summarize(rows, min(m.submitted for m in manifests)),
+        "calls": rows,
+    }
+
+
+def job_stats(storage: Storage, prefix: str, job_id: str) -> dict[str, Any]:
+    """Statistics of one job read from the store: ``{"job_ids", "functions", "summary", "calls"}``.
+
+    Raises:
+        JobNotFoundError: there is no such job.
+    """
+    job = JobRecords.load(storage, prefix, job_id)
+    return _report([job.manifest], call_rows(job.manifest, job.records, job.corrupt))
+
+
+def stats(futures: Iterable[Any], storage: Storage | None = None) -> dict[str, Any]:
+    """Statistics of the calls behind some futures, from the records they hold (same shape as `job_stats`).
+
+    Each job's manifest is read from ``storage`` (by default the store the futures read from).
+    A future that failed because its record was corrupt counts as ``corrupt``.
+    """
+    by_job: dict[str, list[Any]] = {}
+    for future in futures:
+        by_job.setdefault(future.job_id, []).append(future)
+    if not by_job:
+        raise ValueError("stats() needs at least one future")
+    manifests, rows = [], []
+    for group in by_job.values():
+        store = storage or group[0]._loader
+        manifest = Manifest.decode(store.get(group[0].layout.manifest))
+        records = {f.call_id: f.record for f in group if f.record is not None}
+        corrupt = [f.call_id for f in group if f.record is None and f.done() and isinstance(f.exception(), RecordError)]
+        wanted = {f.call_id for f in group}
+        rows += [r for r in call_rows(manifest, records, corrupt) if r["call_id"] in wanted]
+        manifests.append(manifest)
+    return _report(manifests, rows)
+
+
+def list_jobs(storage: Storage, prefix: str) -> list[JobRecords | tuple[str, str]]:
+    """Every job under ``prefix`` with its records, oldest first; an unreadable manifest is ``(job_id, error)``."""
+    jobs: list[JobRecords | tuple[str, str]] = []
+    for key in storage.list(f"{prefix}/manifests/"):
+        job_id = key.rpartition("/")[2].removesuffix(".json")
+        try:
+            jobs.append(JobRecords.load(storage, prefix, job_id))
+        except (RecordError, KeyNotFoundError) as e:
+            jobs.append((job_id, str(e)))
+    return sorted(jobs, key=lambda j: j.manifest.submitted if isinstance(j, JobRecords) else 0.0)
