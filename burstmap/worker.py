@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import PayloadRejectedError
 from .job import CallState, Layout, OutputRefs, Record
+from .piece import DataPiece
 from .serialize import dumps_value, loads, seal
 from .storage.base import Storage
 
@@ -136,6 +137,8 @@ class Handler:
         return self.storage.get_range(key, task.start, task.end)
 
     def _resolve(self, arg: Any) -> Any:
+        if isinstance(arg, DataPiece):
+            return arg.bind(self.storage)
         if not isinstance(arg, OutputRefs):
             return arg
         return [self.load_result(prefix, job_id, call_id) for prefix, job_id, call_id in arg.refs]
