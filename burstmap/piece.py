@@ -66,6 +66,12 @@ class DataPiece:
         lo, hi = self.bounds()
         return self._get(lo, hi)
 
+    def blocks(self, block_size: int = BLOCK_SIZE) -> Iterator[bytes]:
+        """Yield the piece's bytes in blocks of ``block_size``, one request each, without copying them again."""
+        lo, hi = self.bounds()
+        for start in range(lo, hi, block_size):
+            yield self._get(start, min(start + block_size, hi))
+
     def lines(self, encoding: str = "utf-8", errors: str = "strict") -> Iterator[str]:
         """Yield the piece's text lines without their line endings (the encoding must be ASCII-compatible)."""
         with io.TextIOWrapper(self.open(), encoding=encoding, errors=errors) as text:
