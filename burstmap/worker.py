@@ -21,7 +21,7 @@ from typing import Any
 from .errors import PayloadRejectedError
 from .job import CallState, Layout, OutputRefs, Record
 from .piece import DataPiece
-from .serialize import dumps_value, loads, seal
+from .serialize import loads, seal_value
 from .storage.base import Storage
 
 __all__ = ["Task", "Handler", "INLINE_LIMIT"]
@@ -97,11 +97,11 @@ class Handler:
         self._finish(task, record)
 
     def _seal_value(self, task: Task, value: Any) -> bytes:
+        identity = f"{task.job_id}/out/{task.call_id}"
         try:
-            payload = dumps_value(value)
+            return seal_value(self._key, identity, value)
         except Exception as e:
-            payload = dumps_value(_unpicklable(value, e))
-        return seal(self._key, f"{task.job_id}/out/{task.call_id}", payload)
+            return seal_value(self._key, identity, _unpicklable(value, e))
 
     def _finish(self, task: Task, record: Record) -> Record:
         layout = Layout(task.prefix, task.job_id)
