@@ -20,6 +20,7 @@ from .config import Config, load_config
 from .errors import ConfigError, JobNotFoundError, KeyNotFoundError
 from .future import ResponseFuture
 from .job import Layout, Manifest, OutputRefs, call_id_of
+from .partition import is_data_source, pieces
 from .retry import Retrying
 from .serialize import dumps_calls, dumps_function, seal
 from .storage.base import Storage
@@ -119,16 +120,25 @@ class Executor(cf.Executor):
 
     def map(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (),  # type: ignore[override]
             timeout: float | None = None, max_retries: int | None = None, retries: int = 0,
-            retry_on: tuple[type[BaseException], ...] = (Exception,)) -> list[ResponseFuture]:
+            retry_on: tuple[type[BaseException], ...] = (Exception,), chunk_size: int | str | None = None,
+            newline_aligned: bool = True) -> list[ResponseFuture]:
         """Run ``func(item, *extra_args)`` for every item, one call each; return the futures at once.
 
         Args:
-            iterdata: the inputs, any iterable (a generator too).
+            iterdata: the inputs, any iterable (a generator too); or data to read (see docs/data.md):
+                a storage URL, a local directory or a list of URLs, one call per object or chunk, each
+                given a `DataPiece`.
             timeout: seconds after which a call is stopped and its future raises `CallTimeoutError`.
             max_retries: how often a call whose worker died is re-run.
             retries: how often a call that raises one of ``retry_on`` is tried again, with
                 exponential backoff; exceptions are not retried by default.
+            chunk_size: with data, split objects into byte ranges of this size (``"64MiB"``).
+            newline_aligned: with data, move chunk boundaries to line ends so no text line is split.
         """
+        if is_data_source(iterdata):
+            iterdata = pieces(iterdata, chunk_size, newline_aligned, storage=self.storage)
+        elif chunk_size is not None:
+            raise ConfigError("chunk_size applies only to data: a storage URL, a directory or a list of URLs")
         extra = tuple(extra_args)
         name = _qualname(func)
         if retries:

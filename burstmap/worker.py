@@ -20,7 +20,8 @@ from typing import Any
 
 from .errors import PayloadRejectedError
 from .job import CallState, Layout, OutputRefs, Record
-from .serialize import dumps_value, loads, seal
+from .piece import DataPiece
+from .serialize import loads, seal_value
 from .storage.base import Storage
 
 __all__ = ["Task", "Handler", "INLINE_LIMIT"]
@@ -100,14 +101,14 @@ class Handler:
 
     def _seal_value(self, task: Task, value: Any, record: Record) -> bytes:
         """Pickle and seal a result or error; one that cannot be pickled turns the call into an error."""
+        identity = f"{task.job_id}/out/{task.call_id}"
         try:
-            payload = dumps_value(value)
+            return seal_value(self._key, identity, value)
         except Exception as e:
             substitute = _unpicklable(value, e)
             if record.error is None:
                 record.state, record.error = CallState.ERROR, _error_fields(substitute)
-            payload = dumps_value(substitute)
-        return seal(self._key, f"{task.job_id}/out/{task.call_id}", payload)
+            return seal_value(self._key, identity, substitute)
 
     def _finish(self, task: Task, record: Record) -> Record:
         layout = Layout(task.prefix, task.job_id)
@@ -143,6 +144,8 @@ class Handler:
         return self.storage.get_range(key, task.start, task.end)
 
     def _resolve(self, arg: Any) -> Any:
+        if isinstance(arg, DataPiece):
+            return arg.bind(self.storage)
         if not isinstance(arg, OutputRefs):
             return arg
         return [self.load_result(prefix, job_id, call_id) for prefix, job_id, call_id in arg.refs]
