@@ -37,7 +37,7 @@ ENTRY_POINT = "burstmap.backends.aws_lambda.handler"
 _SKIP_SUFFIXES = (".pyc", ".so", ".pyd", ".dylib")
 _TRUST = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}
-_LOGS_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+_POLICY = "burstmap-worker"  # the inline policy of a role made by --create-role: S3 and CloudWatch logs
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,14 @@ def ensure_role(target: Target, role: str, create: bool, bucket: str | None, say
         raise ConfigError(f"IAM role {role!r} does not exist; pass --create-role to create it, or --role with an existing one")
     arn = _aws(target, lambda: iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(_TRUST),
                                                Description="burstmap Lambda workers"))["Role"]["Arn"]
-    _aws(target, lambda: iam.attach_role_policy(RoleName=role, PolicyArn=_LOGS_POLICY))
     resources = [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"] if bucket else ["*"]
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": resources, "Action": [
-        "s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject"]}]}
-    _aws(target, lambda: iam.put_role_policy(RoleName=role, PolicyName="burstmap-s3", PolicyDocument=json.dumps(policy)))
+    policy = {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Resource": resources,
+         "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "s3:DeleteObject"]},
+        {"Effect": "Allow", "Resource": "*",
+         "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]},
+    ]}
+    _aws(target, lambda: iam.put_role_policy(RoleName=role, PolicyName=_POLICY, PolicyDocument=json.dumps(policy)))
     say(f"created IAM role {role} ({arn}) with S3 access to {bucket or 'every bucket'} and CloudWatch logs")
     return arn
 
@@ -189,8 +192,7 @@ def remove(target: Target, role: str | None, say: Callable[[str], None] = print)
     say(f"removed Lambda function {target.function_name} from {client.meta.region_name}")
     if role:
         iam = target.client("iam")
-        _aws(target, lambda: iam.detach_role_policy(RoleName=role, PolicyArn=_LOGS_POLICY))
-        _aws(target, lambda: iam.delete_role_policy(RoleName=role, PolicyName="burstmap-s3"))
+        _aws(target, lambda: iam.delete_role_policy(RoleName=role, PolicyName=_POLICY))
         _aws(target, lambda: iam.delete_role(RoleName=role))
         say(f"removed IAM role {role}")
 

@@ -175,7 +175,7 @@ class BotoInvoker:
             raise explain(e, self.function_name, "on invoke") from None
 
 
-@dataclass
+@dataclass(eq=False)
 class _Invocation:
     """One batch of tasks sent in one event, and which of them have no status yet."""
 
@@ -342,9 +342,7 @@ class _Monitor:
             start = time.time()
             for task in invocation.tasks:
                 self._handler.write_failure(task, CallState.ERROR, e, start)
-            with self._lock:
-                self._flying.remove(invocation)
-            self._wake.set()
+            self._settle([invocation], [])
             return
         invocation.deadline = time.monotonic() + (backend.timeout or 900) + backend.grace
 
@@ -362,9 +360,12 @@ class _Monitor:
             elif now > invocation.deadline:
                 finished.append(invocation)
                 retry.extend(self._expired(invocation))
+        self._settle(finished, retry)
+
+    def _settle(self, finished: list[_Invocation], retry: list[tuple[Manifest, Task]]) -> None:
+        """Free the slots of finished invocations (once each) and queue calls to re-run first."""
         with self._lock:
-            for invocation in finished:
-                self._flying.remove(invocation)
+            self._flying = [invocation for invocation in self._flying if invocation not in finished]
             self._pending.extendleft(reversed(retry))
         if finished:
             self._wake.set()
