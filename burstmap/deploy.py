@@ -54,7 +54,8 @@ class Package:
             entry = sizes.setdefault(path.split("/", 1)[0], [0, 0])
             entry[0] += 1
             entry[1] += size
-        lines = [f"  {name:<14} {count:>4} files {total / 1024:>9.1f} KiB" for name, (count, total) in sorted(sizes.items())]
+        lines = [f"  {name:<14} {count:>4} files {total / 1024:>9.1f} KiB"
+                 for name, (count, total) in sorted(sizes.items())]
         lines.append(f"package: {len(self.files)} files, {len(self.zip_bytes) / 1024:.1f} KiB zipped")
         return "\n".join(lines)
 
@@ -113,7 +114,8 @@ def ensure_role(target: Target, role: str, create: bool, bucket: str | None, say
     except BotoCoreError as e:
         raise explain(e, target.function_name, "in IAM") from None
     if not create:
-        raise ConfigError(f"IAM role {role!r} does not exist; pass --create-role to create it, or --role with an existing one")
+        raise ConfigError(f"IAM role {role!r} does not exist; pass --create-role to create it, "
+                          "or --role with an existing one")
     arn = _aws(target, lambda: iam.create_role(RoleName=role, AssumeRolePolicyDocument=json.dumps(_TRUST),
                                                Description="burstmap Lambda workers"))["Role"]["Arn"]
     resources = [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"] if bucket else ["*"]
@@ -179,7 +181,7 @@ def _wait_updated(target: Target, client: Any, limit: float = 120) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         configuration = _aws(target, lambda: client.get_function(FunctionName=target.function_name))["Configuration"]
-        if configuration.get("LastUpdateStatus", "Successful") != "InProgress" and configuration.get("State") != "Pending":
+        if configuration.get("LastUpdateStatus") != "InProgress" and configuration.get("State") != "Pending":
             return
         time.sleep(1)
     raise BurstmapError(f"Lambda function {target.function_name!r} was still updating after {limit:.0f} s")

@@ -124,7 +124,8 @@ def lambda_client(region: str | None, endpoint_url: str | None, service: str = "
     """
     session = boto3.session.Session(region_name=region)
     if service == "lambda" and endpoint_url is None and session.region_name:
-        known = session.get_available_regions("lambda") + session.get_available_regions("lambda", "aws-us-gov")
+        known = session.get_available_regions("lambda") + session.get_available_regions("lambda", "aws-us-gov") \
+            + session.get_available_regions("lambda", "aws-cn")
         if session.region_name not in known:
             raise ConfigError(f"unknown AWS region {session.region_name!r} for Lambda; e.g. us-east-1, eu-west-1")
     config = Config(retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=10, read_timeout=70,
@@ -457,6 +458,13 @@ class _LambdaHandler(Handler):
         finally:
             signal.signal(signal.SIGALRM, previous)
 
+    def refuse(self, tasks: list[Task], context: Any, error: BaseException) -> None:
+        """Record every task of an invocation as failed with ``error``, running none of them."""
+        self.context, self._call_began = context, 0
+        start = time.time()
+        for task in tasks:
+            self.write_failure(task, CallState.ERROR, error, start)
+
     def _finish(self, task: Task, record: Record) -> Record:
         signal.setitimer(signal.ITIMER_REAL, 0)
         error = record.error or {}
@@ -505,10 +513,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     tasks = [Task(event["prefix"], event["job_id"], *call) for call in event["calls"]]
     mismatch = _mismatch(event)
     if mismatch:
-        worker.context = context
-        start = time.time()
-        for task in tasks:
-            worker.write_failure(task, CallState.ERROR, VersionMismatchError(mismatch), start)
+        worker.refuse(tasks, context, VersionMismatchError(mismatch))
         return {"calls": len(tasks), "error": mismatch}
     worker.serve(tasks, context, event.get("timeout"))
     return {"calls": len(tasks)}
