@@ -54,6 +54,7 @@ __all__ = [
     "Cost",
     "estimate_cost",
     "with_backoff",
+    "explain",
     "handler",
     "lambda_client",
     "MAX_EVENT_BYTES",
@@ -93,14 +94,14 @@ def with_backoff(action: Callable[[], Any], retryable: Callable[[Exception], boo
     "Full jitter" spreads the retries of many threads apart, so a throttled burst does not return
     as one. The last error is raised when ``attempts`` are used up.
     """
-    for n in range(attempts):
+    for n in range(attempts - 1):
         try:
             return action()
         except Exception as e:
-            if n == attempts - 1 or not retryable(e):
+            if not retryable(e):
                 raise
-            sleep(random.uniform(0, min(cap, base * 2 ** n)))
-    raise AssertionError("unreachable")
+        sleep(random.uniform(0, min(cap, base * 2 ** n)))
+    return action()
 
 
 def _error_code(error: Exception) -> str:
