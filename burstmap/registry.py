@@ -18,6 +18,7 @@ STORAGES: dict[str, tuple[str, str | None]] = {
 
 BACKENDS: dict[str, tuple[str, str | None]] = {
     "local": ("burstmap.backends.local:LocalBackend", None),
+    "lambda": ("burstmap.backends.aws_lambda:LambdaBackend", "aws"),
 }
 
 _GROUPS = {"storage": (STORAGES, "burstmap.storages"), "backend": (BACKENDS, "burstmap.backends")}

@@ -1,0 +1,422 @@
+"""The Lambda backend: control plane against a real moto server (Stubber where moto cannot throttle),
+data plane by running the exact entry point on Lambda-shaped events in fresh processes against moto's S3."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+import burstmap
+from burstmap import registry
+from burstmap.backends.aws_lambda import (
+    BotoInvoker,
+    LambdaBackend,
+    LambdaError,
+    VersionMismatchError,
+    estimate_cost,
+    lambda_client,
+    with_backoff,
+)
+from burstmap.errors import CallTimeoutError, ConfigError
+from burstmap.job import CallState, Layout, Manifest, Record
+from burstmap.storage.local import LocalStorage
+from burstmap.storage.s3 import S3Storage
+from burstmap.worker import Task
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_AWS_SECRET = "FAKEawsSECRET/never+travels0123456789abcd"
+HMAC_KEY = "test-hmac-key-0123456789abcdef"
+REGION = "us-east-1"
+FUNCTION = "burstmap-test"
+
+# A Lambda runtime in miniature: build the context object Lambda passes, then call the entry point.
+_RUNTIME = r"""
+import json, sys, time, uuid
+import burstmap
+if sys.argv[3]:
+    burstmap.__version__ = sys.argv[3]
+from burstmap.backends.aws_lambda import handler
+
+class Context:
+    function_name = "burstmap-test"
+    memory_limit_in_mb = sys.argv[2]  # a string, as in Lambda's Python runtime
+    aws_request_id = str(uuid.uuid4())
+
+    def __init__(self, timeout):
+        self._deadline = time.time() + timeout
+
+    def get_remaining_time_in_millis(self):
+        return max(0, int((self._deadline - time.time()) * 1000))
+
+event = json.loads(sys.stdin.buffer.read())
+context = Context(float(sys.argv[1]))
+sys.stdout.write("ready\n")
+sys.stdout.flush()
+handler(event, context)
+"""
+
+
+class EmulatedInvoker:
+    """Invokes like Lambda's ``InvocationType='Event'``: returns at once, runs the event in a fresh
+    process, and kills that process when the function's timeout has passed."""
+
+    def __init__(self, timeout: float, memory_mb: int = 512, deployed_version: str = "",
+                 storage: S3Storage | None = None) -> None:
+        self.timeout = timeout
+        self.memory_mb = memory_mb
+        self.deployed_version = deployed_version
+        self.payloads: list[bytes] = []
+        self.storage = storage
+        self.most_outstanding = 0
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "BURSTMAP_SECRET_KEY": HMAC_KEY,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "role-credentials",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_LAMBDA_FUNCTION_NAME": FUNCTION,
+        }
+
+    def invoke(self, payload: bytes) -> None:
+        with self._lock:
+            if self.storage is not None:
+                self.most_outstanding = max(self.most_outstanding, self._outstanding(payload))
+            self.payloads.append(payload)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _RUNTIME, str(self.timeout), str(self.memory_mb), self.deployed_version],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
+        )
+        proc.stdin.write(payload)
+        proc.stdin.close()
+        thread = threading.Thread(target=self._reap, args=(proc,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _reap(self, proc: subprocess.Popen) -> None:
+        proc.stdout.readline()  # the timeout counts from the handler's start, as on Lambda
+        try:
+            proc.wait(self.timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+    def _outstanding(self, payload: bytes) -> int:
+        """Invocations sent earlier that still miss a status, plus this one."""
+        event = json.loads(payload)
+        names = self.storage.list(Layout(event["prefix"], event["job_id"]).status_prefix)
+        done = {int(key.rpartition("/")[2]) for key in names}
+        sent = [{call[0] for call in json.loads(p)["calls"]} for p in self.payloads]
+        return 1 + sum(1 for calls in sent if calls - done)
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def calls(self) -> list[list[int]]:
+        return [call for p in self.payloads for call in json.loads(p)["calls"]]
+
+
+@pytest.fixture(scope="module")
+def aws(moto_server: str) -> Iterator[str]:
+    """Fake credentials, a bucket, and a function deployed in moto; yields the endpoint."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    patch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_AWS_SECRET)
+    patch.setenv("AWS_DEFAULT_REGION", REGION)
+    patch.setenv("BURSTMAP_SECRET_KEY", HMAC_KEY)
+    try:
+        boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="lambda-jobs")
+        iam = boto3.client("iam", endpoint_url=moto_server)
+        role = iam.create_role(RoleName="fixture-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        code = io.BytesIO()
+        with zipfile.ZipFile(code, "w") as z:
+            z.writestr("index.py", "def handler(event, context): pass\n")
+        boto3.client("lambda", endpoint_url=moto_server).create_function(
+            FunctionName=FUNCTION, Runtime="python3.12", Role=role, Handler="index.handler",
+            Code={"ZipFile": code.getvalue()}, Timeout=5, MemorySize=512,
+        )
+        yield moto_server
+    finally:
+        patch.undo()
+
+
+def _executor(aws: str, invoker: EmulatedInvoker, **backend: object) -> burstmap.Executor:
+    options = dict(function_name=FUNCTION, endpoint_url=aws, region=REGION, concurrency=8,
+                   calls_per_invoke=10, poll_interval=0.05, grace=0.5, timeout=invoker.timeout)
+    options.update(backend)
+    storage = S3Storage("lambda-jobs", endpoint_url=aws, aws_access_key_id="testing",
+                        aws_secret_access_key=FAKE_AWS_SECRET)
+    return burstmap.Executor(backend=LambdaBackend(**options, invoker=invoker), storage=storage,
+                             secret_key=HMAC_KEY, progress=False)
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def picky(x: int) -> int:
+    if x == 3:
+        raise KeyError(f"no luck with {x}")
+    return x
+
+
+def sleepy(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def crash(x: int) -> int:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def test_map_of_200_calls_runs_in_batched_invocations(aws: str) -> None:
+    invoker = EmulatedInvoker(timeout=30, storage=S3Storage("lambda-jobs", endpoint_url=aws))
+    with _executor(aws, invoker, concurrency=4) as ex:
+        futures = ex.map(square, range(200))
+        assert burstmap.get_all_results(futures, timeout=120) == [x * x for x in range(200)]
+    invoker.join()
+    assert len(invoker.payloads) == 20
+    assert sorted(call[0] for call in invoker.calls()) == list(range(200))
+    assert 2 <= invoker.most_outstanding <= 4
+    records = [f.record for f in futures]
+    assert {r.info["memory_mb"] for r in records} == {512}
+    assert len({r.info["aws_request_id"] for r in records}) == 20
+    assert all(r.info["billed_ms"] >= 1 and r.worker == f"lambda:{FUNCTION}" for r in records)
+    cost = estimate_cost(records, price=1.0)
+    assert cost.gb_seconds == pytest.approx(sum(r.info["billed_ms"] for r in records) / 1000 * 0.5)
+    assert cost.dollars == cost.gb_seconds
+
+
+def test_remote_exception_is_reraised_with_its_type(aws: str) -> None:
+    invoker = EmulatedInvoker(timeout=30)
+    with _executor(aws, invoker) as ex:
+        futures = ex.map(picky, range(5))
+        with pytest.raises(KeyError, match="no luck with 3") as caught:
+            burstmap.get_all_results(futures, timeout=60)
+    assert "picky" in str(caught.value.__cause__)
+    assert [f.result() for f in futures if f.call_id != 3] == [0, 1, 2, 4]
+
+
+def test_call_past_its_timeout_is_stopped_inside_the_function(aws: str) -> None:
+    invoker = EmulatedInvoker(timeout=30)
+    with _executor(aws, invoker) as ex:
+        slow, quick = ex.map(sleepy, [60, 0], timeout=1)
+        with pytest.raises(CallTimeoutError, match="time limit"):
+            slow.result(timeout=60)
+        assert quick.result(timeout=60) == 0
+    assert slow.record.state is CallState.TIMEOUT
+    assert slow.record.info["billed_ms"] >= 900
+
+
+def test_lost_invocation_is_retried_then_recorded_as_timeout(aws: str) -> None:
+    invoker = EmulatedInvoker(timeout=1)
+    with _executor(aws, invoker, calls_per_invoke=1) as ex:
+        (future,) = ex.map(crash, [7], max_retries=1)
+        with pytest.raises(CallTimeoutError, match=r"call \S+/00000: no status .* attempt 2 of 2"):
+            future.result(timeout=60)
+    assert future.record.attempt == 2
+    assert [call[3] for call in invoker.calls()] == [1, 2]
+
+
+def test_version_mismatch_fails_every_call_with_a_redeploy_hint(aws: str) -> None:
+    invoker = EmulatedInvoker(timeout=30, deployed_version="0.0.1")
+    with _executor(aws, invoker) as ex:
+        futures = ex.map(square, range(3))
+        errors = [f.exception(timeout=60) for f in futures]
+    assert all(isinstance(e, VersionMismatchError) for e in errors)
+    assert f"client runs burstmap {burstmap.__version__}" in str(errors[0])
+    assert "function runs burstmap 0.0.1" in str(errors[0]) and "burstmap lambda deploy" in str(errors[0])
+
+
+def test_failed_invoke_fails_its_calls(aws: str) -> None:
+    class Refusing:
+        def invoke(self, payload: bytes) -> None:
+            raise LambdaError("Lambda function 'x' on invoke: KMSDisabledException")
+
+    storage = S3Storage("lambda-jobs", endpoint_url=aws)
+    backend = LambdaBackend(FUNCTION, REGION, aws, invoker=Refusing(), poll_interval=0.05)
+    with burstmap.Executor(backend=backend, storage=storage, secret_key=HMAC_KEY, progress=False) as ex:
+        with pytest.raises(LambdaError, match="KMSDisabledException"):
+            ex.map(square, [1, 2])[1].result(timeout=30)
+
+
+def test_no_secret_travels_in_events_or_errors(aws: str) -> None:
+    invoker = EmulatedInvoker(timeout=30)
+    with _executor(aws, invoker) as ex:
+        assert burstmap.get_all_results(ex.map(square, range(12)), timeout=60) == [x * x for x in range(12)]
+    assert invoker.payloads
+    for payload in invoker.payloads:
+        event = json.loads(payload)
+        assert event["store"] == {"bucket": "lambda-jobs", "endpoint_url": aws, "region": None}
+        assert FAKE_AWS_SECRET.encode() not in payload and HMAC_KEY.encode() not in payload
+    with pytest.raises(ConfigError) as caught:
+        LambdaBackend("not-deployed", REGION, aws).start(S3Storage("lambda-jobs", endpoint_url=aws), HMAC_KEY.encode())
+    assert FAKE_AWS_SECRET not in str(caught.value) and HMAC_KEY not in str(caught.value)
+
+
+def test_start_reads_the_deployed_function(aws: str) -> None:
+    backend = LambdaBackend(FUNCTION, REGION, aws)
+    backend.start(S3Storage("lambda-jobs", endpoint_url=aws), b"k")
+    assert (backend.timeout, backend.memory_mb) == (5.0, 512)
+    assert isinstance(backend._invoker, BotoInvoker)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda aws: (LambdaBackend(FUNCTION, REGION, aws), LocalStorage("/tmp/x")), "needs an S3 store"),
+    (lambda aws: (LambdaBackend("nothing-here", REGION, aws), S3Storage("b", endpoint_url=aws)),
+     r"'nothing-here' is not deployed in us-east-1; deploy it with: burstmap lambda deploy"),
+    (lambda aws: (LambdaBackend(FUNCTION, "mars-north-1"), S3Storage("b")), "unknown AWS region 'mars-north-1'"),
+])
+def test_start_refuses_bad_setups_in_one_line(aws: str, make: object, message: str) -> None:
+    backend, storage = make(aws)
+    with pytest.raises(ConfigError, match=message) as caught:
+        backend.start(storage, b"k")
+    assert "\n" not in str(caught.value)
+
+
+def test_start_without_credentials_says_so(aws: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(ConfigError, match="no AWS credentials found"):
+        LambdaBackend(FUNCTION, REGION, aws).start(S3Storage("lambda-jobs", endpoint_url=aws), b"k")
+
+
+def test_oversized_batches_are_refused_before_any_job() -> None:
+    with pytest.raises(ConfigError, match="256 KiB"):
+        LambdaBackend(calls_per_invoke=5000)
+    backend = LambdaBackend()
+    backend.storage = S3Storage("b")
+    manifest = Manifest("j", "p", "f", (0, 1), 0.0, "h")
+    with pytest.raises(LambdaError, match="over Lambda's 256 KiB limit"):
+        backend.event(manifest, [Task("p", "j", 10**12 + i, 10**12, 10**12 + 1) for i in range(6000)])
+
+
+def _stubbed_invoker(codes: list[str]) -> tuple[BotoInvoker, Stubber, list[float]]:
+    client = lambda_client(REGION, "http://127.0.0.1:1")
+    stubber = Stubber(client)
+    for code in codes:
+        if code == "ok":
+            stubber.add_response("invoke", {"StatusCode": 202}, {"FunctionName": "f", "InvocationType": "Event",
+                                                                 "Payload": b"{}"})
+        else:
+            stubber.add_client_error("invoke", code, "slow down", 429 if code == "TooManyRequestsException" else 400)
+    sleeps: list[float] = []
+    return BotoInvoker(client, "f", attempts=4, sleep=sleeps.append), stubber, sleeps
+
+
+def test_invoke_backs_off_on_throttling_then_succeeds() -> None:
+    invoker, stubber, sleeps = _stubbed_invoker(["TooManyRequestsException", "TooManyRequestsException", "ok"])
+    with stubber:
+        invoker.invoke(b"{}")
+        stubber.assert_no_pending_responses()
+    assert len(sleeps) == 2 and 0 <= sleeps[0] <= 0.1 and 0 <= sleeps[1] <= 0.2
+
+
+def test_invoke_gives_up_after_its_attempts_in_one_line() -> None:
+    invoker, stubber, sleeps = _stubbed_invoker(["TooManyRequestsException"] * 4)
+    with stubber, pytest.raises(LambdaError, match="on invoke: TooManyRequestsException: slow down"):
+        invoker.invoke(b"{}")
+    assert len(sleeps) == 3
+
+
+def test_invoke_does_not_retry_a_missing_function() -> None:
+    invoker, stubber, sleeps = _stubbed_invoker(["ResourceNotFoundException"])
+    with stubber, pytest.raises(ConfigError, match="not deployed"):
+        invoker.invoke(b"{}")
+    assert sleeps == []
+
+
+def test_backoff_delays_grow_and_stay_under_the_cap() -> None:
+    sleeps: list[float] = []
+    failures = iter(range(6))
+
+    def flaky() -> str:
+        if next(failures) < 5:
+            raise TimeoutError("transient")
+        return "done"
+
+    assert with_backoff(flaky, lambda e: isinstance(e, TimeoutError), attempts=6, base=1.0, cap=4.0,
+                        sleep=sleeps.append) == "done"
+    assert len(sleeps) == 5
+    assert all(0 <= s <= min(4.0, 2 ** n) for n, s in enumerate(sleeps))
+
+
+def test_estimate_cost_uses_recorded_memory_and_billed_time() -> None:
+    records = [
+        Record(0, CallState.OK, info={"billed_ms": 2000, "memory_mb": 1024}),
+        Record(1, CallState.OK, info={"billed_ms": 1000, "memory_mb": 512}),
+        Record(2, CallState.TIMEOUT, start=10.0, end=13.0),
+    ]
+    cost = estimate_cost(records, price=0.5)
+    assert cost.gb_seconds == pytest.approx(2.0 + 0.5 + 3.0 * 128 / 1024)
+    assert cost.dollars == pytest.approx(cost.gb_seconds * 0.5)
+    assert estimate_cost(records, memory_mb=2048).gb_seconds == pytest.approx(2 * (2 + 1 + 3))
+
+
+def test_registry_finds_the_lambda_backend() -> None:
+    assert registry.load("backend", "lambda") is LambdaBackend
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "burstmap.deploy", *args], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}, timeout=60)
+
+
+def test_deploy_dry_run_prints_the_package_and_its_size() -> None:
+    result = _cli("deploy", "--dry-run", "--runtime", "python3.12", "--architecture", "arm64")
+    assert result.returncode == 0, result.stderr
+    assert "burstmap" in result.stdout and "cloudpickle" in result.stdout
+    assert "package:" in result.stdout and "KiB zipped" in result.stdout
+    assert "python3.12 arm64" in result.stdout
+
+
+def test_deploy_creates_updates_and_removes_the_function(aws: str) -> None:
+    target = ["--function-name", "deployed", "--endpoint-url", aws, "--region", REGION]
+    env = {"AWS_SECRET_ACCESS_KEY": FAKE_AWS_SECRET, "BURSTMAP_SECRET_KEY": HMAC_KEY}
+    missing = _cli("deploy", *target, "--role", "absent-role", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == ("Error: IAM role 'absent-role' does not exist; pass --create-role to create "
+                                      "it, or --role with an existing one")
+    created = _cli("deploy", *target, "--role", "made-role", "--create-role", "--memory", "2048", "--timeout",
+                   "60", env=env)
+    assert created.returncode == 0, created.stderr
+    assert "created IAM role made-role" in created.stdout and "created Lambda function deployed" in created.stdout
+    client = boto3.client("lambda", endpoint_url=aws)
+    configuration = client.get_function(FunctionName="deployed")["Configuration"]
+    assert configuration["Handler"] == "burstmap.backends.aws_lambda.handler"
+    assert (configuration["MemorySize"], configuration["Timeout"]) == (2048, 60)
+    assert configuration["Environment"]["Variables"]["BURSTMAP_SECRET_KEY"] == HMAC_KEY
+    assert client.get_function_event_invoke_config(FunctionName="deployed")["MaximumRetryAttempts"] == 0
+    updated = _cli("deploy", *target, "--role", "made-role", "--memory", "512", env=env)
+    assert updated.returncode == 0, updated.stderr
+    assert "updated Lambda function deployed" in updated.stdout
+    assert client.get_function(FunctionName="deployed")["Configuration"]["MemorySize"] == 512
+    removed = _cli("remove", *target, "--delete-role", "made-role", env=env)
+    assert removed.returncode == 0, removed.stderr
+    assert "removed Lambda function deployed" in removed.stdout and "removed IAM role made-role" in removed.stdout
+    gone = _cli("remove", *target, env=env)
+    assert gone.returncode == 1 and "is not deployed" in gone.stderr
+    for result in (missing, created, updated, removed, gone):
+        assert FAKE_AWS_SECRET not in result.stdout + result.stderr
+        assert HMAC_KEY not in result.stdout + result.stderr
