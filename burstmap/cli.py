@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import datetime
+import importlib
 import os
+import pdb
 import pickle
 import re
 import sys
@@ -26,6 +28,7 @@ import yaml
 from . import registry
 from .config import Config, config_path, load_config, secret_key_path
 from .errors import BurstmapError
+from .executor import Executor
 from .job import Layout
 from .stats import CALL_FIELDS, FAILED_STATES, JobNotFoundError, JobRecords, job_stats, list_jobs
 from .storage.base import Storage
@@ -43,8 +46,35 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+#: Subcommands whose modules need optional packages: imported only when asked for.
+LAZY_COMMANDS = {
+    "lambda": ("burstmap.deploy:lambda_group", "aws"),
+    "worker": ("burstmap.daemon:worker", "redis"),
+}
+
+
 class _Group(click.Group):
     """A click group that turns burstmap's errors into one line on stderr and exit code 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands or name not in LAZY_COMMANDS:
+            return super().get_command(ctx, name)
+        path, extra = LAZY_COMMANDS[name]
+        module, _, attr = path.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except ImportError as e:
+            hint = f"`burstmap {name}` needs {e.name}: pip install 'burstmap[{extra}]'"
+
+        @click.command(name, help=f"(unavailable: {hint})", context_settings={"ignore_unknown_options": True})
+        @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+        def unavailable(args: tuple[str, ...]) -> None:
+            raise click.ClickException(hint)
+
+        return unavailable
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -468,6 +498,29 @@ def clean_command(session: Session, job_id: str | None, older_than: float | None
     click.echo(f"deleted {len(jobs)} job(s)")
     if running:
         click.get_current_context().exit(1)
+
+
+@main.command("replay")
+@click.argument("job_id", metavar="JOB")
+@click.argument("call_id", metavar="CALL", type=click.IntRange(min=0))
+@click.option("--pdb", "debug", is_flag=True, help="Open the debugger where the call raises.")
+@pass_session
+def replay_command(session: Session, job_id: str, call_id: int, debug: bool) -> None:
+    """Run one call of a stored job again, here, with the same function and input; nothing is written.
+
+    Breakpoints in your function work. The call's own exception is shown with its full traceback.
+    """
+    executor = Executor(storage=session.storage, prefix=session.prefix)
+    try:
+        value = executor.replay(job_id, call_id)
+    except BurstmapError:
+        raise
+    except Exception:
+        if not debug:
+            raise
+        pdb.post_mortem(sys.exc_info()[2])
+        raise SystemExit(1) from None
+    click.echo(repr(value))
 
 
 if __name__ == "__main__":

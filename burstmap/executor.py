@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import registry
+from . import registry, stats
 from .backends.base import Backend
 from .config import Config, load_config
 from .errors import ConfigError, JobNotFoundError, KeyNotFoundError
@@ -230,6 +230,10 @@ class Executor(cf.Executor):
         task = Task(manifest.prefix, job_id, call_id, start, end)
         func, args, kwargs = Handler(self.storage, self._key, "replay").load(task)
         return func(*args, **kwargs)
+
+    def stats(self, futures: Iterable[ResponseFuture]) -> dict[str, Any]:
+        """Timings of the calls behind ``futures`` as plain data: per call and per job (see `burstmap.stats`)."""
+        return stats.stats(futures, self.storage)
 
     def as_executor(self) -> cf.Executor:
         """A face with the exact `concurrent.futures.Executor` API (``map`` yields results)."""

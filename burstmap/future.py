@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .errors import CallTimeoutError, PayloadRejectedError, RemoteError, WorkerDiedError
 from .job import CallState, Layout, Record, call_name
+from .storage.base import Storage
 
 __all__ = [
     "ALL_COMPLETED",
@@ -47,12 +48,12 @@ class RemoteTraceback(Exception):
 class ResponseFuture(cf.Future):
     """The future of one call. It is finished when its status record appears in the store."""
 
-    def __init__(self, layout: Layout, call_id: int, loader: Any) -> None:
+    def __init__(self, layout: Layout, call_id: int, storage: Storage) -> None:
         super().__init__()
         self.layout = layout
         self.call_id = call_id
+        self.storage = storage
         self.record: Record | None = None
-        self._loader = loader
         self.set_running_or_notify_cancel()
 
     @property

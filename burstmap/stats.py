@@ -197,7 +197,7 @@ def stats(futures: Iterable[Any], storage: Storage | None = None) -> dict[str, A
         raise ValueError("stats() needs at least one future")
     manifests, rows = [], []
     for group in by_job.values():
-        store = storage or group[0]._loader
+        store = storage or group[0].storage
         manifest = Manifest.decode(store.get(group[0].layout.manifest))
         records = {f.call_id: f.record for f in group if f.record is not None}
         corrupt = [f.call_id for f in group if f.record is None and f.done() and isinstance(f.exception(), RecordError)]

@@ -239,3 +239,22 @@ def test_config_init_writes_a_loadable_file_once(env):
     assert cli(env, None, "config", "init", "--force").returncode == 0
     shown = cli(env, None, "config", "show")
     assert shown.returncode == 0 and f"# {path} (read)" in shown.stdout
+
+
+def test_replay_runs_one_call_again_and_shows_the_users_traceback(env, store, job):
+    before = sorted(p.name for p in (store / "burstmap" / "jobs" / job).rglob("*"))
+    ok = cli(env, store, "replay", job, "2")
+    assert ok.returncode == 0 and ok.stdout.strip() == "4"
+    failing = cli(env, store, "replay", job, str(FAILING))
+    assert failing.returncode == 1
+    assert "ValueError: three is bad" in failing.stderr and "Traceback" in failing.stderr
+    assert sorted(p.name for p in (store / "burstmap" / "jobs" / job).rglob("*")) == before
+    missing = cli(env, store, "replay", "nope-0000", "0")
+    assert missing.returncode == 1 and "burstmap jobs" in missing.stderr
+
+
+def test_unavailable_optional_command_says_what_to_install(env):
+    out = cli(env, None, "--help")
+    assert out.returncode == 0
+    for name in ("lambda", "replay", "worker", "jobs", "clean"):
+        assert f"  {name} " in out.stdout

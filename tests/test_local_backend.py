@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -72,3 +74,25 @@ def test_progress_bar_only_when_asked(pool_executor, capsys):
 def test_bad_worker_count_is_a_clear_error():
     with pytest.raises(ValueError, match="workers must be a positive integer"):
         LocalBackend(workers=0)
+
+
+UNGUARDED = """
+import sys, burstmap
+from burstmap.storage.local import LocalStorage
+
+def f(x):
+    return x
+
+ex = burstmap.Executor(storage=LocalStorage(sys.argv[1]), secret_key="k")
+print(burstmap.get_all_results(ex.map(f, range(3)), return_exceptions=True, timeout=120))
+"""
+
+
+def test_script_without_main_guard_gets_a_clear_error(tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("WorkerDiedError") == 3
+    assert "if __name__ == '__main__':" in out.stdout

@@ -110,3 +110,11 @@ def test_stragglers_are_calls_over_twice_the_median():
     assert [s["call_id"] for s in summary["stragglers"]] == [5, 4]
     assert summary["overhead_fraction"] == pytest.approx(0.5)
     assert summary["wall_time"] == pytest.approx(6.0)
+
+
+
+def test_executor_stats_matches_the_store(executor, store, futures):
+    from_futures = executor.stats(futures)
+    from_store = job_stats(LocalStorage(store), "burstmap", futures[0].job_id)
+    assert from_futures["summary"] == from_store["summary"]
+    assert from_futures["summary"]["calls"] == N_CALLS

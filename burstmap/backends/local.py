@@ -31,6 +31,8 @@ __all__ = ["LocalBackend"]
 log = logging.getLogger(__name__)
 _MAX_BATCH = 64
 _DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
+_READY = b"ready"
+_STARTUP_TRIES = 3  # workers that die before taking work, in a row, before their calls are failed
 _TICK = 0.05
 
 
@@ -77,6 +79,7 @@ class _Slot:
         self.conn = conn
         self.progress = progress
         self.seq = 0
+        self.started = False
         self.batches: dict[int, list[tuple[Manifest, Task]]] = {}
 
     @property
@@ -106,6 +109,7 @@ class _Pool:
         self._pending: deque[tuple[Manifest, int, int]] = deque()
         self._lock = threading.Lock()
         self._closed = False
+        self._startup_failures = 0
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self.slots = [self._spawn(i) for i in range(size)]
         self._thread = threading.Thread(target=self._loop, name="burstmap-local", daemon=True)
@@ -160,7 +164,11 @@ class _Pool:
     def _on_ready(self, slot: _Slot, ready: Any) -> None:
         try:
             while slot.conn.poll():
-                del slot.batches[int(slot.conn.recv_bytes())]
+                message = slot.conn.recv_bytes()
+                if message == _READY:
+                    slot.started = True
+                else:
+                    del slot.batches[int(message)]
             if ready is slot.conn or slot.process.is_alive():
                 return
         except (EOFError, OSError):
@@ -203,6 +211,13 @@ class _Pool:
                 self._replace(slot, requeue=batch[index + 1:] + slot.unstarted(int(slot.progress[0])))
 
     def _worker_died(self, slot: _Slot) -> None:
+        if not slot.started:
+            self._worker_failed_to_start(slot)
+            return
+        self._startup_failures = 0
+        if not slot.batches:
+            self._replace(slot, requeue=[])
+            return
         running = slot.running()
         if running is None:
             first = min(slot.batches)
@@ -224,6 +239,25 @@ class _Pool:
             self._record_failure(slot, task, CallState.DIED, error, start)
         self._replace(slot, requeue=retry + batch[index + 1:] + slot.unstarted(after))
 
+    def _worker_failed_to_start(self, slot: _Slot) -> None:
+        """A worker died before it could take work: try again, but not forever."""
+        self._startup_failures += 1
+        tasks = slot.unstarted(0)
+        if self._startup_failures < _STARTUP_TRIES:
+            self._replace(slot, requeue=tasks)
+            return
+        with self._lock:
+            tasks += [(m, Task(m.prefix, m.job_id, c, *m.data_range(c), a)) for m, c, a in self._pending]
+            self._pending.clear()
+        error = WorkerDiedError(
+            f"worker processes exit while starting (exit code {slot.process.exitcode}); a script that submits "
+            "jobs when it is imported must do so under `if __name__ == '__main__':`"
+        )
+        for _, task in tasks:
+            self._record_failure(slot, task, CallState.DIED, error, time.time())
+        self._startup_failures = 0
+        self._replace(slot, requeue=[])
+
     def _record_failure(self, slot: _Slot, task: Task, state: CallState, error: Exception, start: float) -> None:
         """Write a died/timeout status; if the store is down, say so and carry on for the other calls."""
         try:
@@ -242,6 +276,7 @@ def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, 
     """A worker process: run batches from the pipe until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     handler = Handler(storage, key, worker)
+    conn.send_bytes(_READY)
 
     def on_start(index: int) -> None:
         progress[2] = time.time()
