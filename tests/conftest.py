@@ -17,7 +17,8 @@ import pytest
 
 __all__ = [
     "AuthServer", "DaskCluster", "EXECUTORS", "TEST_SECRET", "dask_cluster", "free_port", "moto_server",
-    "moto_auth_server", "redis_server", "start_moto", "subprocess_env",
+    "moto_auth_server", "redis_server", "standalone_workers", "start_daemon", "start_moto", "stop_process",
+    "subprocess_env",
 ]
 
 
@@ -222,6 +223,55 @@ def local_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
                              secret_key=TEST_SECRET, progress=False)
 
 
+def start_daemon(queue: str, store: str, log: Path, *options: str, netns: str | None = None) -> subprocess.Popen:
+    """Start ``python -m burstmap.daemon worker`` (in network namespace ``netns`` if given), logging to ``log``."""
+    command = [sys.executable, "-m", "burstmap.daemon", "worker", "--queue", queue, "--store", store, *options]
+    if netns:
+        command = ["ip", "netns", "exec", netns, *command]
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                env=subprocess_env(BURSTMAP_SECRET_KEY=TEST_SECRET))
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a process the tests started, killing it if it does not exit within 10 s."""
+    _stop(proc)
+
+
+class Workers(NamedTuple):
+    """Worker daemons taking work from one queue, writing to one store."""
+
+    queue: str
+    store: str
+    procs: list[subprocess.Popen]
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def standalone_workers(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    """Two `burstmap worker` daemons (separate processes) on the session's redis: queue and store in db 1."""
+    server = redis_server.rsplit("/", 1)[0]
+    queue, store = f"{server}/1?stream=suite&lease=5", f"{server}/1"
+    log = tmp_path_factory.mktemp("daemons") / "workers.log"
+    procs = [start_daemon(queue, store, log) for _ in range(2)]
+    try:
+        yield Workers(queue, store, procs, log)
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+def standalone_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
+    """The stand-alone backend: calls go on a Redis stream, two worker daemons run them, Redis store."""
+    import burstmap
+    from burstmap.backends.standalone import StandaloneBackend
+    from burstmap.storage.redis import RedisStorage
+
+    workers = request.getfixturevalue("standalone_workers")
+    return burstmap.Executor(backend=StandaloneBackend(workers.queue), storage=RedisStorage(workers.store),
+                             secret_key=TEST_SECRET, progress=False)
+
+
 def dask_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
     """The Dask backend on the session's real scheduler and 2 worker processes, over a local store."""
     import burstmap
@@ -237,6 +287,7 @@ def dask_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
 EXECUTORS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "local": local_executor,
     "dask": dask_executor,
+    "standalone": standalone_executor,
 }
 
 
