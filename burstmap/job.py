@@ -7,6 +7,7 @@ Every key burstmap writes is built here::
     <prefix>/jobs/<job_id>/data.pickle        every call's signed input; call i reads bytes offsets[i:i+2]
     <prefix>/jobs/<job_id>/status/<chunk>/<call_id>   the status record: header, captured output, result
     <prefix>/jobs/<job_id>/out/<call_id>      a result too large to keep inside the record
+    <prefix>/jobs/<job_id>/deliveries/<first_call>/<n>   delivery n of a batch re-delivered whole
 
 A status record is written last, once per attempt, and its existence marks the call complete. It
 holds the result itself unless the result is large, so a finished call costs one write.
@@ -89,6 +90,10 @@ class Layout:
 
     def out(self, call_id: int) -> str:
         return self.root + "out/" + call_name(call_id)
+
+    def delivery(self, first_call: int, n: int) -> str:
+        """The marker of delivery ``n`` of the batch that starts at ``first_call`` (see `backends.ledger`)."""
+        return f"{self.root}deliveries/{call_name(first_call)}/{n}"
 
 
 @dataclass(frozen=True)

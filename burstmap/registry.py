@@ -19,6 +19,8 @@ STORAGES: dict[str, tuple[str, str | None]] = {
 BACKENDS: dict[str, tuple[str, str | None]] = {
     "local": ("burstmap.backends.local:LocalBackend", None),
     "lambda": ("burstmap.backends.aws_lambda:LambdaBackend", "aws"),
+    "dask": ("burstmap.backends.dask:DaskBackend", "dask"),
+    "standalone": ("burstmap.backends.standalone:StandaloneBackend", None),
 }
 
 _GROUPS = {"storage": (STORAGES, "burstmap.storages"), "backend": (BACKENDS, "burstmap.backends")}

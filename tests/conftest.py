@@ -15,7 +15,11 @@ from typing import Any, NamedTuple
 
 import pytest
 
-__all__ = ["AuthServer", "EXECUTORS", "TEST_SECRET", "free_port", "moto_server", "moto_auth_server", "redis_server", "start_moto", "start_redis", "stop_redis"]
+__all__ = [
+    "AuthServer", "DaskCluster", "EXECUTORS", "TEST_SECRET", "dask_cluster", "free_port", "moto_server",
+    "moto_auth_server", "redis_server", "standalone_workers", "start_daemon", "start_moto", "start_redis",
+    "stop_process", "stop_redis", "subprocess_env",
+]
 
 
 def free_port() -> int:
@@ -178,6 +182,49 @@ def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Non
 TEST_SECRET = "test-secret-key-not-for-production"
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for processes the tests start: this checkout first on the import path."""
+    root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+class DaskCluster(NamedTuple):
+    """A real Dask scheduler and a `dask worker` command running 2 worker processes under nannies."""
+
+    address: str
+    scheduler: subprocess.Popen
+    workers: subprocess.Popen
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskCluster]:
+    """A scheduler and 2 single-threaded workers on loopback; a killed worker process is restarted."""
+    import distributed
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    folder = tmp_path_factory.mktemp("dask")
+    env = subprocess_env()
+    common = ["--no-dashboard"]
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port), *common],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=folder,
+    )
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2", "--nthreads", "1",
+         "--host", "127.0.0.1", "--local-directory", str(folder), *common],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=folder,
+    )
+    try:
+        with distributed.Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield DaskCluster(address, scheduler, workers)
+    finally:
+        _stop(workers)
+        _stop(scheduler)
+
+
 def local_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
     """Two warm local worker processes over a local store."""
     import burstmap
@@ -188,9 +235,71 @@ def local_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
                              secret_key=TEST_SECRET, progress=False)
 
 
+def start_daemon(queue: str, store: str, log: Path, *options: str, netns: str | None = None) -> subprocess.Popen:
+    """Start ``python -m burstmap.daemon worker`` (in network namespace ``netns`` if given), logging to ``log``."""
+    command = [sys.executable, "-m", "burstmap.daemon", "worker", "--queue", queue, "--store", store, *options]
+    if netns:
+        command = ["ip", "netns", "exec", netns, *command]
+    with open(log, "ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                env=subprocess_env(BURSTMAP_SECRET_KEY=TEST_SECRET))
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a process the tests started, killing it if it does not exit within 10 s."""
+    _stop(proc)
+
+
+class Workers(NamedTuple):
+    """Worker daemons taking work from one queue, writing to one store."""
+
+    queue: str
+    store: str
+    procs: list[subprocess.Popen]
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def standalone_workers(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
+    """Two `burstmap worker` daemons (separate processes) on the session's redis: queue and store in db 1."""
+    server = redis_server.rsplit("/", 1)[0]
+    queue, store = f"{server}/1?stream=suite&lease=5", f"{server}/1"
+    log = tmp_path_factory.mktemp("daemons") / "workers.log"
+    procs = [start_daemon(queue, store, log) for _ in range(2)]
+    try:
+        yield Workers(queue, store, procs, log)
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+def standalone_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
+    """The stand-alone backend: calls go on a Redis stream, two worker daemons run them, Redis store."""
+    import burstmap
+    from burstmap.backends.standalone import StandaloneBackend
+    from burstmap.storage.redis import RedisStorage
+
+    workers = request.getfixturevalue("standalone_workers")
+    return burstmap.Executor(backend=StandaloneBackend(workers.queue), storage=RedisStorage(workers.store),
+                             secret_key=TEST_SECRET, progress=False)
+
+
+def dask_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
+    """The Dask backend on the session's real scheduler and 2 worker processes, over a local store."""
+    import burstmap
+    from burstmap.backends.dask import DaskBackend
+    from burstmap.storage.local import LocalStorage
+
+    cluster = request.getfixturevalue("dask_cluster")
+    return burstmap.Executor(backend=DaskBackend(address=cluster.address), storage=LocalStorage(folder),
+                             secret_key=TEST_SECRET, progress=False)
+
+
 #: Every backend runs the shared suite in tests/test_backends.py: a backend joins it with one line here.
 EXECUTORS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "local": local_executor,
+    "dask": dask_executor,
+    "standalone": standalone_executor,
 }
 
 

@@ -1,0 +1,60 @@
+"""The stand-alone backend: call batches go on a queue, `burstmap worker` daemons anywhere run them.
+
+The client only enqueues signed messages (see `burstmap.queues`); it starts no process. Daemons on
+any machines take messages, run the calls through the one handler and acknowledge each message once
+its calls' statuses are written. The store must be one every daemon reaches: a local directory only
+works for daemons on this machine; use s3 or redis across machines.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+from ..job import Manifest
+from ..queues import Queue, encode_batch, open_queue
+from ..storage.base import Storage
+from .base import Backend
+
+__all__ = ["StandaloneBackend"]
+
+log = logging.getLogger(__name__)
+
+_MAX_BATCH = 32
+
+
+class StandaloneBackend(Backend):
+    """Puts calls on ``queue`` (a `Queue` or its URL, e.g. ``redis://host:6379/0?stream=burstmap``).
+
+    Args:
+        queue: where the daemons (``burstmap worker --queue ...``) take work from.
+        batch_size: calls per message; by default up to 32, fewer for small jobs.
+    """
+
+    name = "standalone"
+
+    def __init__(self, queue: str | Queue, batch_size: int | None = None) -> None:
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+        self.queue = open_queue(queue) if isinstance(queue, str) else queue
+        self.batch_size = batch_size
+        self._warned = False
+
+    def start(self, storage: Storage, key: bytes) -> None:
+        """Bind to the store and check, before anything is enqueued, that the queue answers."""
+        self.queue.check()
+        super().start(storage, key)
+
+    def run(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
+        call_ids = list(call_ids)
+        size = self.batch_size or max(1, min(_MAX_BATCH, math.ceil(len(call_ids) / 64)))
+        bodies = [encode_batch(self._key, manifest, call_ids[i:i + size]) for i in range(0, len(call_ids), size)]
+        self.queue.put(bodies)
+        if not self._warned and self.queue.workers_seen() == 0:
+            self._warned = True
+            log.warning("burstmap: %d calls queued on %r, 0 workers seen: start some with "
+                        "`burstmap worker --queue URL --store URL`", len(call_ids), self.queue)
+
+    def __repr__(self) -> str:
+        return f"StandaloneBackend({self.queue!r})"

@@ -1,0 +1,117 @@
+"""A queue on a Redis stream with a consumer group (Redis 6.2 or later).
+
+Workers read new entries with XREADGROUP; an entry stays in the group's pending list until
+acknowledged. A live worker heartbeats by XCLAIM-ing its own entries (JUSTID: the idle time resets,
+the delivery count does not grow); an entry idle longer than the lease belonged to a worker that
+died and is taken over with XAUTOCLAIM.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import redis
+
+from ..storage.redis import redact_url
+from .base import Message, Queue, QueueError
+
+__all__ = ["RedisQueue"]
+
+_FIELD = b"m"
+
+
+class RedisQueue(Queue):
+    """Messages are entries of the stream ``stream``, taken through the consumer group ``group``."""
+
+    name = "redis"
+
+    def __init__(self, url: str = "redis://localhost:6379/0", stream: str = "burstmap:calls",
+                 group: str = "burstmap", lease: float = 30.0) -> None:
+        if lease <= 0:
+            raise ValueError(f"lease must be positive, not {lease!r}")
+        self.url, self.stream, self.group, self.lease = url, stream, group, lease
+        parts = urlsplit(url)
+        self.address = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+        self.consumer = f"{socket.gethostname()}:{os.getpid()}"
+        self._client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=max(10.0, lease))
+        self._group_made = False
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except redis.AuthenticationError:
+            raise QueueError(f"queue redis at {self.address} rejected the credentials") from None
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            reason = "timed out" if isinstance(e, redis.TimeoutError) else "is not reachable"
+            raise QueueError(f"queue redis at {self.address} {reason}") from None
+        except redis.ResponseError as e:
+            if str(e).startswith("NOGROUP"):
+                self._group_made = False
+            raise QueueError(f"queue redis at {self.address} refused: {str(e).splitlines()[0]}") from None
+
+    def _ensure_group(self) -> None:
+        if self._group_made:
+            return
+        try:
+            self._client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as e:
+            if not str(e).startswith("BUSYGROUP"):
+                raise
+        self._group_made = True
+
+    def check(self) -> None:
+        with self._errors():
+            self._client.ping()
+            self._ensure_group()
+
+    def put(self, bodies: Sequence[bytes]) -> None:
+        with self._errors():
+            self._ensure_group()
+            pipe = self._client.pipeline(transaction=False)
+            for body in bodies:
+                pipe.xadd(self.stream, {_FIELD: body})
+            pipe.execute()
+
+    def get(self, max_messages: int, wait: float) -> list[Message]:
+        with self._errors():
+            self._ensure_group()
+            reply = self._client.xautoclaim(self.stream, self.group, self.consumer, int(self.lease * 1000),
+                                            start_id="0-0", count=max_messages)
+            claimed = [(i, f) for i, f in reply[1] if f]
+            if claimed:
+                return [Message(i.decode(), f[_FIELD], self._deliveries(i)) for i, f in claimed]
+            streams = self._client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
+                                              count=max_messages, block=max(1, int(wait * 1000)))
+        return [Message(i.decode(), f[_FIELD]) for _, entries in streams or () for i, f in entries if f]
+
+    def _deliveries(self, entry: bytes) -> int:
+        pending = self._client.xpending_range(self.stream, self.group, entry, entry, 1)
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    def ack(self, message: Message) -> None:
+        with self._errors():
+            self._client.pipeline().xack(self.stream, self.group, message.handle).xdel(
+                self.stream, message.handle).execute()
+
+    def extend(self, messages: Sequence[Message]) -> None:
+        if messages:
+            with self._errors():
+                self._client.xclaim(self.stream, self.group, self.consumer, 0,
+                                    [m.handle for m in messages], justid=True)
+
+    def workers_seen(self) -> int:
+        """Consumers of the group that read or heartbeat within the last lease (or 10 s)."""
+        with self._errors():
+            consumers = self._client.xinfo_consumers(self.stream, self.group)
+        horizon = max(10.0, self.lease) * 1000
+        return sum(1 for c in consumers if c["idle"] < horizon)
+
+    def __repr__(self) -> str:
+        return f"RedisQueue(url={redact_url(self.url)!r}, stream={self.stream!r})"
