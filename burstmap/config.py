@@ -134,7 +134,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _read_env(settings: dict[str, Any]) -> None:
+def _read_env(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Apply ``BURSTMAP_*`` variables to ``settings``; return the backend and storage options they set."""
+    options: dict[str, dict[str, Any]] = {"backend": {}, "storage": {}}
     for var, raw in sorted(os.environ.items()):
         if not var.startswith(_ENV_PREFIX) or var[len(_ENV_PREFIX):] in _NOT_SETTINGS:
             continue
@@ -144,21 +146,32 @@ def _read_env(settings: dict[str, Any]) -> None:
             if name.startswith(part + "_"):
                 current = Component.parse(settings.get(part, "local"), part)
                 settings[part] = current.with_option(name[len(part) + 1:], value)
+                options[part][name[len(part) + 1:]] = value
                 break
         else:
             if name not in _FIELDS:
                 raise ConfigError(f"unknown environment variable {var}; known: BURSTMAP_CONFIG, "
                                   + ", ".join(_ENV_PREFIX + f.upper() for f in sorted(_FIELDS)))
             settings[name] = value
+    return options
 
 
 def load_config(**overrides: Any) -> Config:
-    """Build the configuration: file, then environment, then ``overrides`` (``None`` means unset)."""
+    """Build the configuration: file, then environment, then ``overrides`` (``None`` means unset).
+
+    A backend or store named in ``overrides`` keeps the options configured for it: all of them if
+    the file or environment named the same one, else those of ``BURSTMAP_BACKEND_*`` / ``BURSTMAP_STORAGE_*``.
+    """
     settings = _read_file(config_path())
-    _read_env(settings)
+    env_options = _read_env(settings)
     unknown = set(overrides) - _FIELDS
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_FIELDS))}")
+    for part in ("backend", "storage"):
+        if isinstance(overrides.get(part), str):
+            current = Component.parse(settings.get(part, "local"), part)
+            same = overrides[part] == current.name
+            overrides[part] = Component(overrides[part], current.options if same else env_options[part])
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if settings.get("progress") == "auto":
         settings["progress"] = None

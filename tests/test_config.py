@@ -80,3 +80,10 @@ def test_secret_key_is_generated_once_per_user_and_private():
     assert secret_key_path().stat().st_mode & 0o777 == 0o600
     assert "secret_key" not in repr(load_config(secret_key="hunter2-hunter2"))
     assert "hunter2" not in repr(load_config(secret_key="hunter2-hunter2"))
+
+
+def test_a_backend_named_in_code_keeps_its_configured_options(config_file, monkeypatch):
+    config_file.write_text("backend: {name: local, workers: 3}\n")
+    assert load_config(backend="local").backend == Component("local", {"workers": 3})
+    monkeypatch.setenv("BURSTMAP_BACKEND_ADDRESS", "tcp://scheduler:8786")
+    assert load_config(backend="dask").backend == Component("dask", {"address": "tcp://scheduler:8786"})
