@@ -11,7 +11,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from . import registry, stats
@@ -50,13 +50,15 @@ class Executor(cf.Executor):
     """Runs calls of plain Python functions on a backend, with function, inputs and results in a store.
 
     Args:
-        backend: a `Backend`, or the registered name of one (options then come from the config).
-        storage: a `Storage`, or the registered name of one.
+        backend: a `Backend`, the registered name of one (options then come from the config), or a
+            mapping ``{"name": ..., option: value}``.
+        storage: a `Storage`, or a name or mapping as for ``backend``.
         settings: any other `Config` field (``prefix``, ``timeout``, ``max_retries``, ``progress``,
             ``secret_key``); they override the config file and environment.
     """
 
-    def __init__(self, backend: Backend | str | None = None, storage: Storage | str | None = None,
+    def __init__(self, backend: Backend | str | Mapping[str, Any] | None = None,
+                 storage: Storage | str | Mapping[str, Any] | None = None,
                  **settings: Any) -> None:
         self.config: Config = load_config(
             backend=None if isinstance(backend, Backend) else backend,
