@@ -320,7 +320,7 @@ def _outcomes(session: Session, job: JobRecords) -> Iterator[tuple[int, str, Any
             yield call_id, "pending", None
             continue
         future = ResponseFuture(layout, call_id, session.storage)
-        finish(future, session.storage, key, job.records[call_id].encode())
+        finish(future, session.storage, key, job.records[call_id])
         error = future.exception()
         yield call_id, job.records[call_id].state.value, error if error is not None else future.result()
 

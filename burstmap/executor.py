@@ -19,7 +19,7 @@ from .backends.base import Backend
 from .config import Config, load_config
 from .errors import ConfigError, JobNotFoundError, KeyNotFoundError
 from .future import ResponseFuture
-from .job import Layout, Manifest, OutputRefs, call_id_of
+from .job import Layout, Manifest, OutputRefs, call_ids_of
 from .partition import is_data_source, pieces
 from .retry import Retrying
 from .serialize import dumps_calls, dumps_function, seal
@@ -212,7 +212,7 @@ class Executor(cf.Executor):
         layout = manifest.layout
         futures = [ResponseFuture(layout, i, self.storage) for i in range(manifest.n_calls)]
         if resume:
-            finished = {call_id_of(key) for key in self.storage.list(layout.status_prefix)}
+            finished = {i for key in self.storage.list(layout.status_prefix) for i in call_ids_of(key) or ()}
             missing = [i for i in range(manifest.n_calls) if i not in finished]
             if missing:
                 self._start()

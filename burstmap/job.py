@@ -10,7 +10,9 @@ Every key burstmap writes is built here::
     <prefix>/jobs/<job_id>/deliveries/<first_call>/<n>   delivery n of a batch re-delivered whole
 
 A status record is written last, once per attempt, and its existence marks the call complete. It
-holds the result itself unless the result is large, so a finished call costs one write.
+holds the result itself unless the result is large, so a finished call costs one write. Quick
+consecutive calls of one worker may share one object, ``status/<chunk>/<first>-<last>`` (a group
+commit), so that ten thousand tiny calls are not ten thousand writes.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from typing import Any
 
 from .errors import BurstmapError
 
-__all__ = ["CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "call_id_of", "call_name"]
+__all__ = ["CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "call_ids_of", "call_name",
+           "decode_records", "encode_records", "read_record"]
 
 RECORD_MAGIC = b"BMS1\n"
+GROUP_MAGIC = b"BMG1\n"
 #: Statuses are grouped by this many calls so that a poll lists only groups with calls pending.
 CHUNK = 1000
 
@@ -48,10 +52,12 @@ def call_name(call_id: int) -> str:
     return f"{call_id:05d}"
 
 
-def call_id_of(status_key: str) -> int | None:
-    """The call id a status key belongs to, or None for a key that is not a status."""
-    name = status_key.rpartition("/")[2]
-    return int(name) if name.isdigit() else None
+def call_ids_of(status_key: str) -> range | None:
+    """The calls whose records a status key holds (one, or a group), or None for a key that is not a status."""
+    first, dash, last = status_key.rpartition("/")[2].partition("-")
+    if not first.isdigit() or (dash and not last.isdigit()):
+        return None
+    return range(int(first), int(last if dash else first) + 1)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,10 @@ class Layout:
 
     def status(self, call_id: int) -> str:
         return self.status_chunk(call_id // CHUNK) + call_name(call_id)
+
+    def status_group(self, first: int, last: int) -> str:
+        """The key of one object holding the records of calls ``first`` to ``last`` (a group commit)."""
+        return f"{self.status_chunk(first // CHUNK)}{call_name(first)}-{call_name(last)}"
 
     def out(self, call_id: int) -> str:
         return self.root + "out/" + call_name(call_id)
@@ -191,6 +201,41 @@ class Record:
 
 
 _HEADER_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("log", "output"))
+
+
+def encode_records(records: list[Record]) -> bytes:
+    """One object holding several records: the group magic, then each record after its length."""
+    parts = [GROUP_MAGIC]
+    for record in records:
+        data = record.encode()
+        parts += [len(data).to_bytes(8, "big"), data]
+    return b"".join(parts)
+
+
+def decode_records(data: bytes) -> list[Record]:
+    """The records in a status object, one or a group; raise `RecordError` on anything else."""
+    if not data.startswith(GROUP_MAGIC):
+        return [Record.decode(data)]
+    records, at = [], len(GROUP_MAGIC)
+    while at < len(data):
+        size = int.from_bytes(data[at:at + 8], "big")
+        if at + 8 + size > len(data):
+            raise RecordError("corrupt burstmap record group: truncated")
+        records.append(Record.decode(data[at + 8:at + 8 + size]))
+        at += 8 + size
+    return records
+
+
+def read_record(storage: Any, layout: Layout, call_id: int) -> Record:
+    """Read the record of one call, whether it was stored alone or in a group."""
+    try:
+        return Record.decode(storage.get(layout.status(call_id)))
+    except KeyError:
+        for key in storage.list(layout.status_chunk(call_id // CHUNK)):
+            ids = call_ids_of(key)
+            if ids is not None and len(ids) > 1 and call_id in ids:
+                return next(r for r in decode_records(storage.get(key)) if r.call_id == call_id)
+        raise
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BurstmapError, KeyNotFoundError
-from .job import CallState, Layout, Manifest, Record, RecordError
+from .job import CallState, Layout, Manifest, Record, RecordError, call_ids_of, decode_records
 from .storage.base import Storage
 
 __all__ = [
@@ -78,20 +78,26 @@ class JobRecords:
     def refresh(self) -> int:
         """Fetch the records that appeared since the last refresh (one LIST); return how many."""
         layout = self.manifest.layout
-        new = {}
+        new: dict[str, list[int]] = {}
         for key in self.storage.list(layout.status_prefix):
-            name = key.rpartition("/")[2]
-            if name.isdigit() and int(name) < self.manifest.n_calls and int(name) not in self.records:
-                new[int(name)] = key
-        for call_id, blob in zip(new, _fetch(self.storage, list(new.values()))):
+            ids = [i for i in call_ids_of(key) or () if i < self.manifest.n_calls and i not in self.records]
+            if ids:
+                new[key] = ids
+        found = 0
+        for (key, ids), blob in zip(new.items(), _fetch(self.storage, list(new))):
             if blob is None:
                 continue
             try:
-                self.records[call_id] = Record.decode(blob)
-                self.corrupt.pop(call_id, None)
+                records = {r.call_id: r for r in decode_records(blob)}
             except RecordError as e:
-                self.corrupt[call_id] = str(e)
-        return len(new)
+                records = {}
+                self.corrupt.update((i, str(e)) for i in ids)
+            for call_id in ids:
+                if call_id in records:
+                    self.records[call_id] = records[call_id]
+                    self.corrupt.pop(call_id, None)
+                    found += 1
+        return found
 
     def counts(self) -> dict[str, int]:
         """How many calls are in each state, plus ``pending`` and ``corrupt``."""

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from .errors import PayloadRejectedError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error
-from .job import CHUNK, CallState, Layout, Record, RecordError, call_id_of
+from .job import CHUNK, CallState, Layout, Record, RecordError, call_ids_of, decode_records
 from .serialize import loads
 from .storage.base import Storage
 
@@ -23,14 +23,9 @@ _MIN_INTERVAL = 0.001
 _MAX_INTERVAL = 0.1
 
 
-def finish(future: ResponseFuture, storage: Storage, key: bytes, data: bytes) -> None:
+def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record) -> None:
     """Finish a future from its stored status record."""
     layout, call_id = future.layout, future.call_id
-    try:
-        record = Record.decode(data)
-    except RecordError as e:
-        future.set_exception(RecordError(f"{layout.status(call_id)}: {e}"))
-        return
     identity = f"{layout.job_id}/out/{call_id}"
     if record.state not in (CallState.OK, CallState.ERROR):
         future._finish(record, error=rebuild_error(record, None, False))
@@ -103,6 +98,32 @@ class Watcher:
             self._wake.wait(interval)
             self._wake.clear()
 
+    def _finish_key(self, key: str, pending: dict[int, ResponseFuture]) -> int:
+        """Finish the pending futures whose records a status key holds; return how many."""
+        futures = [pending.pop(i) for i in call_ids_of(key) or () if i in pending]
+        if not futures:
+            return 0
+        try:
+            data = self._storage.get(key)
+        except Exception:
+            pending.update((f.call_id, f) for f in futures)
+            raise
+        try:
+            records = {r.call_id: r for r in decode_records(data)}
+        except RecordError as e:
+            for future in futures:
+                future.set_exception(RecordError(f"{key}: {e}"))
+            return len(futures)
+        for future in futures:
+            record = records.get(future.call_id)
+            try:
+                if record is None:
+                    raise RecordError(f"{key} holds no record of call {future.call_id}")
+                finish(future, self._storage, self._key, record)
+            except Exception as e:
+                future.set_exception(e)
+        return len(futures)
+
     def _poll(self) -> tuple[int, float]:
         """Finish what has appeared; return how many, and the seconds spent listing."""
         with self._lock:
@@ -114,15 +135,7 @@ class Watcher:
                 keys = list(self._storage.list(layout.status_chunk(chunk)))
                 listing += time.perf_counter() - began
                 for key in keys:
-                    call_id = call_id_of(key)
-                    future = pending.pop(call_id, None) if call_id is not None else None
-                    if future is None:
-                        continue
-                    found += 1
-                    try:
-                        finish(future, self._storage, self._key, self._storage.get(key))
-                    except Exception as e:
-                        future.set_exception(e)
+                    found += self._finish_key(key, pending)
             if not pending:
                 with self._lock:
                     if not self._jobs.get(layout.job_id, (None, True))[1]:

@@ -14,12 +14,12 @@ import socket
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import PayloadRejectedError
-from .job import CallState, Layout, OutputRefs, Record
+from .job import CHUNK, CallState, Layout, OutputRefs, Record, encode_records, read_record
 from .piece import DataPiece
 from .serialize import loads, seal_value
 from .storage.base import Storage
@@ -28,6 +28,7 @@ __all__ = ["Task", "Handler", "INLINE_LIMIT"]
 
 #: Results up to this size live inside the status record; larger ones get their own object.
 INLINE_LIMIT = 1 << 20
+_MAX_GROUP = 256
 _HOST = socket.gethostname()
 
 
@@ -44,35 +45,60 @@ class Task:
 
 
 class Handler:
-    """Runs tasks against a store; caches each job's function and small data objects."""
+    """Runs tasks against a store; caches each job's function and small data objects.
 
-    def __init__(self, storage: Storage, key: bytes, worker: str = "") -> None:
+    With a ``group_window`` (seconds), the records of quick consecutive calls are written together
+    as one object, a group commit: a finished call waits at most that long for company. Calls that
+    take longer than the window are written one by one, as without it.
+    """
+
+    def __init__(self, storage: Storage, key: bytes, worker: str = "", group_window: float = 0.0) -> None:
         self.storage = storage
         self._key = key
         self.worker = worker or f"{_HOST}:{os.getpid()}"
+        self.group_window = group_window
         self._functions: OrderedDict[str, Any] = OrderedDict()
         self._data: OrderedDict[str, bytes] = OrderedDict()
 
-    def run(self, tasks: Iterable[Task], on_start: Callable[[int], None] | None = None) -> None:
-        """Run tasks in order; ``on_start(i)`` is called before the i-th starts."""
+    def run(self, tasks: Sequence[Task], on_start: Callable[[int], None] | None = None,
+            on_durable: Callable[[int], None] | None = None) -> None:
+        """Run tasks in order; ``on_start(i)`` before the i-th starts, ``on_durable(n)`` once the first n are stored."""
+        group: list[tuple[Task, Record]] = []
         for i, task in enumerate(tasks):
             if on_start:
                 on_start(i)
-            self.run_task(task)
+            record = self.execute(task)
+            if group and not _joins(group, task):
+                self._write(group)
+                group = []
+                if on_durable:
+                    on_durable(i)
+            group.append((task, record))
+            if i == len(tasks) - 1 or time.time() - group[0][1].end >= self.group_window:
+                self._write(group)
+                group = []
+                if on_durable:
+                    on_durable(i + 1)
 
     def run_task(self, task: Task) -> Record:
         """Run one task and write its status record; user errors become records, not exceptions."""
+        record = self.execute(task)
+        self._write([(task, record)])
+        return record
+
+    def execute(self, task: Task) -> Record:
+        """Run one task and return its finished record, not yet written."""
         record = Record(task.call_id, CallState.OK, task.attempt, time.time(), host=_HOST, worker=self.worker,
                         pid=os.getpid())
         try:
             func, args, kwargs = self.load(task)
         except PayloadRejectedError as e:
             record.state, record.error = CallState.REJECTED, _error_fields(e)
-            return self._finish(task, record)
+            return self._complete(task, record)
         except Exception as e:
             record.state, record.error = CallState.ERROR, _error_fields(e)
             record.output = self._seal_value(task, e, record)
-            return self._finish(task, record)
+            return self._complete(task, record)
         log = io.StringIO()
         began = time.time()
         record.setup = began - record.start
@@ -85,7 +111,7 @@ class Handler:
         record.compute = time.time() - began
         record.log = log.getvalue().encode("utf-8", "replace")
         record.output = self._seal_value(task, value, record)
-        return self._finish(task, record)
+        return self._complete(task, record)
 
     def load(self, task: Task) -> tuple[Callable, tuple, dict]:
         """Read, verify and unpickle a task's function and arguments."""
@@ -97,7 +123,11 @@ class Handler:
         """Record that a task ended outside the handler (its worker died or was stopped)."""
         record = Record(task.call_id, state, task.attempt, start, time.time(), host=_HOST, worker=self.worker,
                         error=_error_fields(error))
-        self._finish(task, record)
+        record.output = self._seal_value(task, error, record)
+        self._write([(task, self._complete(task, record))])
+
+    def annotate(self, task: Task, record: Record) -> None:
+        """Add what a backend knows about a finished call to its record (``record.info``); nothing by default."""
 
     def _seal_value(self, task: Task, value: Any, record: Record) -> bytes:
         """Pickle and seal a result or error; one that cannot be pickled turns the call into an error."""
@@ -110,16 +140,24 @@ class Handler:
                 record.state, record.error = CallState.ERROR, _error_fields(substitute)
             return seal_value(self._key, identity, substitute)
 
-    def _finish(self, task: Task, record: Record) -> Record:
-        layout = Layout(task.prefix, task.job_id)
+    def _complete(self, task: Task, record: Record) -> Record:
+        """Store a large result on its own, stamp the end time and peak RSS."""
         if len(record.output) > INLINE_LIMIT:
-            record.output_key = layout.out(task.call_id)
+            record.output_key = Layout(task.prefix, task.job_id).out(task.call_id)
             self.storage.put(record.output_key, record.output)
             record.output = b""
         record.end = record.end or time.time()
         record.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.storage.put(layout.status(task.call_id), record.encode())
+        self.annotate(task, record)
         return record
+
+    def _write(self, group: list[tuple[Task, Record]]) -> None:
+        first, last = group[0][0], group[-1][0]
+        layout = Layout(first.prefix, first.job_id)
+        if len(group) == 1:
+            self.storage.put(layout.status(first.call_id), group[0][1].encode())
+        else:
+            self.storage.put(layout.status_group(first.call_id, last.call_id), encode_records([r for _, r in group]))
 
     def _function(self, task: Task) -> Callable:
         func = self._functions.get(task.job_id)
@@ -152,13 +190,19 @@ class Handler:
 
     def load_result(self, prefix: str, job_id: str, call_id: int) -> Any:
         """Load another call's result from its record; re-raise its error if it failed."""
-        layout = Layout(prefix, job_id)
-        record = Record.decode(self.storage.get(layout.status(call_id)))
+        record = read_record(self.storage, Layout(prefix, job_id), call_id)
         blob = self.storage.get(record.output_key) if record.output_key else record.output
         value = loads(self._key, f"{job_id}/out/{call_id}", blob)
         if record.state is not CallState.OK:
             raise value
         return value
+
+
+def _joins(group: list[tuple[Task, Record]], task: Task) -> bool:
+    """Whether a task's record may be stored in the same object as the group's: the next call of its job."""
+    first, last = group[0][0], group[-1][0]
+    return (task.job_id == last.job_id and task.prefix == last.prefix and task.call_id == last.call_id + 1
+            and task.call_id // CHUNK == first.call_id // CHUNK and len(group) < _MAX_GROUP)
 
 
 def _error_fields(error: BaseException) -> dict[str, str]:

@@ -77,10 +77,12 @@ def pattern(n: int) -> bytes:
 
 
 @pytest.mark.parametrize("value", [b"x" * (3 << 20), {"a": [1, 2.5, None]}, ValueError("boom")])
-def test_seal_value_matches_sealing_the_pickle(value: object) -> None:
+def test_seal_value_is_a_sealed_pickle_of_the_value(value: object) -> None:
+    """Compared after unpickling: pickle bytes are not canonical (dask installs tblib's exception reducers)."""
     blob = seal_value(b"k", "job/out/1", value)
-    assert blob == seal(b"k", "job/out/1", dumps_value(value))
-    assert unseal(b"k", "job/out/1", blob) == dumps_value(value)
+    back = pickle.loads(unseal(b"k", "job/out/1", blob))
+    assert repr(back) == repr(value) and type(back) is type(value)
+    assert repr(loads(b"k", "job/out/1", seal(b"k", "job/out/1", dumps_value(value)))) == repr(value)
 
 
 def test_seal_value_falls_back_to_cloudpickle() -> None:

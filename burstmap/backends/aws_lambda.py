@@ -466,13 +466,13 @@ class _LambdaHandler(Handler):
         for task in tasks:
             self.write_failure(task, CallState.ERROR, error, start)
 
-    def _finish(self, task: Task, record: Record) -> Record:
+    def annotate(self, task: Task, record: Record) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         error = record.error or {}
         if record.state is CallState.ERROR and error.get("type") == f"{__name__}._Alarm":
             record.state = CallState.TIMEOUT
             record.error = {**error, "type": "burstmap.errors.CallTimeoutError"}
-            record.output = self._seal_value(task, CallTimeoutError(error.get("message", "")))
+            record.output = b""
         context = self.context
         remaining = context.get_remaining_time_in_millis()
         record.info.update(
@@ -481,7 +481,6 @@ class _LambdaHandler(Handler):
             billed_ms=max(1, self._call_began - remaining) if self._call_began else 1,
             remaining_ms=remaining,
         )
-        return super()._finish(task, record)
 
 
 class _Alarm(CallTimeoutError):

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 _MAX_BATCH = 64
 _DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
 _READY = b"ready"
+_GROUP_WINDOW = 0.002  # quick calls' records are stored together if they finish within this many seconds
 _STARTUP_TRIES = 3  # workers that die before taking work, in a row, before their calls are failed
 _TICK = 0.05
 
@@ -86,15 +87,15 @@ class _Slot:
     def name(self) -> str:
         return f"local-{self.index}"
 
-    def running(self) -> tuple[list[tuple[Manifest, Task]], int, float] | None:
-        """The batch it runs, the index of the task in it and since when, if it has begun one."""
+    def running(self) -> tuple[list[tuple[Manifest, Task]], int, float, int] | None:
+        """The batch it runs, the index of the task in it, since when, and how many of its tasks are stored."""
         progress = self.progress
         while True:
-            seq, index, start = progress[0], progress[1], progress[2]
-            if (seq, index) == (progress[0], progress[1]):
+            seq, index, start, durable = progress[0], progress[1], progress[2], progress[3]
+            if (seq, index, durable) == (progress[0], progress[1], progress[3]):
                 break
         batch = self.batches.get(int(seq))
-        return (batch, int(index), start) if batch else None
+        return (batch, int(index), start, int(durable)) if batch else None
 
     def unstarted(self, after: int) -> list[tuple[Manifest, Task]]:
         """The tasks of every batch sent after batch ``after``, in order."""
@@ -117,7 +118,7 @@ class _Pool:
 
     def _spawn(self, index: int) -> _Slot:
         parent, child = self._ctx.Pipe()
-        progress = self._ctx.RawArray("d", 3)
+        progress = self._ctx.RawArray("d", 4)
         process = self._ctx.Process(
             target=_worker_main, args=(child, progress, self._storage, self._key, f"local-{index}"),
             name=f"burstmap-local-{index}", daemon=True,
@@ -198,7 +199,7 @@ class _Pool:
             running = slot.running() if slot.batches else None
             if running is None:
                 continue
-            batch, index, start = running
+            batch, index, start, durable = running
             manifest, task = batch[index]
             if manifest.timeout and now - start > manifest.timeout:
                 slot.process.kill()
@@ -208,7 +209,8 @@ class _Pool:
                     f"{manifest.timeout:g}s and its worker was stopped"
                 )
                 self._record_failure(slot, task, CallState.TIMEOUT, error, start)
-                self._replace(slot, requeue=batch[index + 1:] + slot.unstarted(int(slot.progress[0])))
+                unstored = batch[durable:index] + batch[index + 1:]
+                self._replace(slot, requeue=unstored + slot.unstarted(int(slot.progress[0])))
 
     def _worker_died(self, slot: _Slot) -> None:
         if not slot.started:
@@ -221,10 +223,10 @@ class _Pool:
         running = slot.running()
         if running is None:
             first = min(slot.batches)
-            running, after = (slot.batches[first], 0, time.time()), first
+            running, after = (slot.batches[first], 0, time.time(), 0), first
         else:
             after = int(slot.progress[0])
-        batch, index, start = running
+        batch, index, start, durable = running
         manifest, task = batch[index]
         retry = []
         if task.attempt <= manifest.max_retries:
@@ -237,7 +239,7 @@ class _Pool:
                 f"on {os.uname().nodename} died ({how}) in attempt {task.attempt} of {manifest.max_retries + 1}"
             )
             self._record_failure(slot, task, CallState.DIED, error, start)
-        self._replace(slot, requeue=retry + batch[index + 1:] + slot.unstarted(after))
+        self._replace(slot, requeue=batch[durable:index] + retry + batch[index + 1:] + slot.unstarted(after))
 
     def _worker_failed_to_start(self, slot: _Slot) -> None:
         """A worker died before it could take work: try again, but not forever."""
@@ -275,18 +277,21 @@ class _Pool:
 def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, worker: str) -> None:
     """A worker process: run batches from the pipe until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    handler = Handler(storage, key, worker)
+    handler = Handler(storage, key, worker, group_window=_GROUP_WINDOW)
     conn.send_bytes(_READY)
 
     def on_start(index: int) -> None:
         progress[2] = time.time()
         progress[1] = index
 
+    def on_durable(count: int) -> None:
+        progress[3] = count
+
     while True:
         try:
             seq, tasks = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        progress[2], progress[1], progress[0] = time.time(), 0, seq
-        handler.run(tasks, on_start)
+        progress[3], progress[2], progress[1], progress[0] = 0, time.time(), 0, seq
+        handler.run(tasks, on_start, on_durable)
         conn.send_bytes(b"%d" % seq)
