@@ -3,8 +3,6 @@ replay, refused payloads and secrets kept out of everything stored."""
 
 from __future__ import annotations
 
-import os
-import pickle
 import signal
 import subprocess
 import sys
