@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
 
-from .errors import CallTimeoutError, PayloadRejectedError, RemoteError, WorkerDiedError
+from .errors import CallTimeoutError, PayloadRejectedError, RemoteError, SerializationError, WorkerDiedError
 from .job import CallState, Layout, Record, call_name
 from .storage.base import Storage
 
@@ -103,6 +103,8 @@ def rebuild_error(record: Record, value: Any, loaded: bool) -> BaseException:
     where = f"call {record.call_id} ({error.get('type', '?')})"
     if record.state in _STATE_ERRORS:
         return _STATE_ERRORS[record.state](error.get("message", where))
+    if record.state is CallState.OK:
+        return SerializationError(f"call {record.call_id} succeeded but its result could not be unpickled here: {value}")
     if loaded and isinstance(value, BaseException):
         exc = value
     else:

@@ -81,6 +81,17 @@ def raise_unloadable(_):
     raise Unloadable("only the traceback survives")
 
 
+class UnloadableResult:
+    """A result that pickles in the worker and fails to unpickle on the client."""
+
+    def __reduce__(self):
+        return (_fail_to_load, ())
+
+
+def return_unloadable(_):
+    return UnloadableResult()
+
+
 def test_map_returns_results_in_order(executor):
     futures = executor.map(square, range(50))
     assert burstmap.get_all_results(futures) == [x * x for x in range(50)]
@@ -119,6 +130,13 @@ def test_exception_that_cannot_be_rebuilt_still_shows_the_traceback(executor):
     with pytest.raises(RemoteError, match="Unloadable: only the traceback survives") as info:
         future.result(timeout=60)
     assert "raise_unloadable" in str(info.value.__cause__)
+
+
+def test_result_that_cannot_be_unpickled_here_is_a_clear_error(executor):
+    futures = executor.map(return_unloadable, [0, 1])
+    with pytest.raises(SerializationError, match=r"call 1 succeeded but its result could not be unpickled here: "
+                                                 r"RuntimeError: this exception cannot be rebuilt"):
+        futures[1].result(timeout=60)
 
 
 def test_result_that_cannot_be_pickled_is_a_clear_error(executor):

@@ -39,7 +39,7 @@ from botocore.exceptions import (
 
 from .. import __version__
 from ..errors import BurstmapError, CallTimeoutError, ConfigError
-from ..job import CHUNK, CallState, Manifest, Record, call_name
+from ..job import CHUNK, CallState, Manifest, Record, call_name, call_ids_of
 from ..storage.base import Storage
 from ..storage.s3 import S3Storage
 from ..worker import Handler, Task
@@ -378,9 +378,7 @@ class _Monitor:
         done: dict[str, set[int]] = {}
         for (job_id, chunk), manifest in groups.items():
             for key in self._backend.storage.list(manifest.layout.status_chunk(chunk)):
-                name = key.rpartition("/")[2]
-                if name.isdigit():
-                    done.setdefault(job_id, set()).add(int(name))
+                done.setdefault(job_id, set()).update(call_ids_of(key) or ())
         return done
 
     def _expired(self, invocation: _Invocation) -> list[tuple[Manifest, Task]]:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 
 from ..errors import KeyNotFoundError, WorkerDiedError
-from ..job import CHUNK, CallState, Layout, call_name
+from ..job import CHUNK, CallState, Layout, call_ids_of, call_name
 from ..storage.base import Storage
 from ..worker import Handler, Task
 
@@ -88,8 +88,8 @@ class Ledger:
     def unfinished(self) -> list[Task]:
         """The tasks of the batch whose call has no status record yet."""
         chunks = {self._layout.status_chunk(t.call_id // CHUNK) for t in self.tasks}
-        done = {key.rpartition("/")[2] for chunk in chunks for key in self.storage.list(chunk)}
-        return [t for t in self.tasks if call_name(t.call_id) not in done]
+        done = {i for chunk in chunks for key in self.storage.list(chunk) for i in call_ids_of(key) or ()}
+        return [t for t in self.tasks if t.call_id not in done]
 
     def _deaths(self, delivery: int, call_id: int) -> int:
         """How many earlier deliveries vanished while running ``call_id``."""
