@@ -141,8 +141,12 @@ def wait(futures: Iterable[cf.Future], return_when: str = ALL_COMPLETED, timeout
     if bar is None:
         return DoneAndNotDone(*cf.wait(futures, timeout=timeout, return_when=return_when))
     try:
-        bar.update(sum(f.done() for f in futures))
-        for _ in cf.as_completed([f for f in futures if not f.done()], timeout=timeout):
+        finished = [f for f in futures if f.done()]
+        failed = sum(f.exception() is not None for f in finished)
+        bar.update(len(finished))
+        for future in cf.as_completed([f for f in futures if not f.done()], timeout=timeout):
+            failed += future.exception() is not None
+            bar.set_postfix(failed=failed, refresh=False)
             bar.update(1)
             if return_when == ANY_COMPLETED:
                 break
