@@ -29,7 +29,7 @@ _installed_roots = tuple(
     {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
     | {sys.prefix, sys.base_prefix, sys.exec_prefix}
 )
-_by_value_cache: dict[str, bool] = {}
+_user_modules_seen: tuple[int, list[ModuleType]] = (-1, [])
 
 
 def _mac(key: bytes, identity: str, payload: bytes | memoryview) -> bytes:
@@ -61,32 +61,38 @@ def unseal(key: bytes, identity: str, blob: bytes) -> bytes:
     return bytes(_verified(key, identity, blob))
 
 
-def _is_user_module(name: str, module: ModuleType) -> bool:
-    """A module the user wrote (not installed, not stdlib): it must travel with the function."""
-    if name in _by_value_cache:
-        return _by_value_cache[name]
+def _is_user_module(name: str, module: ModuleType | None) -> bool:
+    """A top-level module the user wrote (not installed, not stdlib): it must travel with the function."""
     file = getattr(module, "__file__", None)
-    user = bool(
+    return bool(
         file
+        and "." not in name
         and name != "__main__"
         and not name.startswith(("burstmap", "_pytest", "pytest"))
         and not file.startswith(_installed_roots)
     )
-    _by_value_cache[name] = user
-    return user
+
+
+def _user_modules() -> list[ModuleType]:
+    """The user's own top-level modules among those imported, recomputed only when imports change."""
+    global _user_modules_seen
+    count, modules = _user_modules_seen
+    if count != len(sys.modules):
+        modules = [m for name, m in list(sys.modules.items()) if _is_user_module(name, m)]
+        _user_modules_seen = (len(sys.modules), modules)
+    return modules
 
 
 @contextmanager
 def _user_modules_by_value() -> Iterator[None]:
     """Ship the user's own modules by value for the duration of one pickling."""
     registered = []
-    for name, module in list(sys.modules.items()):
-        if module is not None and _is_user_module(name, module) and "." not in name:
-            try:
-                cloudpickle.register_pickle_by_value(module)
-            except ValueError:
-                continue
-            registered.append(module)
+    for module in _user_modules():
+        try:
+            cloudpickle.register_pickle_by_value(module)
+        except ValueError:
+            continue
+        registered.append(module)
     try:
         yield
     finally:

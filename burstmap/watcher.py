@@ -2,7 +2,8 @@
 
 One thread per executor. Each poll lists only the status groups (1,000 calls each) that still
 have calls pending: one LIST per group per poll, never one GET per pending call. A call's record
-is fetched once, when it appears. The poll interval backs off while nothing finishes.
+is fetched once, when it appears. Polls are quick just after a job starts or a call finishes, then
+back off while nothing does.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from .storage.base import Storage
 
 __all__ = ["Watcher", "finish"]
 
-_MIN_INTERVAL = 0.001
+_MIN_INTERVAL = 0.0005
 _MAX_INTERVAL = 0.1
+_BACKOFF = 1.25
+_EAGER = 0.005  # poll at the shortest interval this long after a job starts or a call finishes
 
 
 def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record) -> None:
@@ -84,7 +87,7 @@ class Watcher:
         self._wake.set()
 
     def _loop(self) -> None:
-        interval, outage = _MIN_INTERVAL, None
+        interval, outage, active = _MIN_INTERVAL, None, time.monotonic()
         while not self._stopped:
             try:
                 found, listing = self._poll()
@@ -94,8 +97,12 @@ class Watcher:
                 if time.monotonic() - outage > self.outage_limit:
                     self._fail_all(e)
                 found, listing = 0, 0.0
-            interval = max(_MIN_INTERVAL, 4 * listing) if found else min(_MAX_INTERVAL, interval * 1.5)
-            self._wake.wait(interval)
+            if found:
+                active, interval = time.monotonic(), max(_MIN_INTERVAL, 4 * listing)
+            elif time.monotonic() - active > _EAGER:
+                interval = min(_MAX_INTERVAL, interval * _BACKOFF)
+            if self._wake.wait(interval):
+                active, interval = time.monotonic(), _MIN_INTERVAL
             self._wake.clear()
 
     def _finish_key(self, key: str, pending: dict[int, ResponseFuture]) -> int:
