@@ -403,6 +403,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"max queue    {_seconds(summary['queue_wait_max'])}",
         f"overhead     {'-' if overhead is None else f'{overhead:.1%}'} of worker time outside the function",
     ]
+    if summary["cost"] is not None:
+        lines.append(f"lambda cost  ${summary['cost']:.6f} ({summary['gb_seconds']:.2f} GB-s, compute only)")
     click.echo("\n".join(lines))
     for s in summary["stragglers"]:
         click.echo(f"straggler    call {s['call_id']}: {_seconds(s['duration'])} on {s['worker']}")

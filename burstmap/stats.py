@@ -12,6 +12,7 @@ of wall time), the overhead fraction and the stragglers (see `summarize`).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -24,13 +25,15 @@ from .job import CallState, Layout, Manifest, Record, RecordError, call_ids_of, 
 from .storage.base import Storage
 
 __all__ = [
-    "CALL_FIELDS", "FAILED_STATES", "JobNotFoundError", "JobRecords", "call_rows", "job_stats",
+    "CALL_FIELDS", "FAILED_STATES", "PRICE_PER_GB_SECOND", "gb_seconds", "JobNotFoundError", "JobRecords", "call_rows", "job_stats",
     "list_jobs", "stats", "summarize",
 ]
 
 #: The columns of one call's row, in CSV order.
 CALL_FIELDS = ("job_id", "call_id", "state", "attempt", "host", "worker", "pid", "start", "end", "queue_wait",
-               "setup", "compute", "overhead", "duration", "peak_rss", "error")
+               "setup", "compute", "overhead", "duration", "peak_rss", "gb_seconds", "error")
+#: AWS Lambda's x86_64 price per GB-second in us-east-1 (arm64 is about 20% less).
+PRICE_PER_GB_SECOND = 0.0000166667
 #: States of a call that finished without a result.
 FAILED_STATES = frozenset(s.value for s in CallState if s is not CallState.OK)
 #: A call is a straggler when its duration exceeds this many times the median duration.
@@ -132,10 +135,24 @@ def call_rows(manifest: Manifest, records: dict[int, Record], corrupt: Iterable[
             row.update(
                 queue_wait=record.start - manifest.submitted, duration=record.duration,
                 overhead=record.duration - record.setup - record.compute,
+                gb_seconds=gb_seconds(record),
                 error=(record.error or {}).get("type"),
             )
         rows.append(row)
     return rows
+
+
+def gb_seconds(record: Record, memory_mb: int | None = None) -> float | None:
+    """What a call cost in Lambda compute: billed seconds × GB of memory, from what the function recorded.
+
+    None for a call that ran elsewhere; a Lambda call with no billed time (a timeout written by the
+    client) counts its whole duration. ``memory_mb`` overrides the recorded memory.
+    """
+    memory = memory_mb or record.info.get("memory_mb")
+    if memory is None:
+        return None
+    billed = record.info.get("billed_ms", math.ceil(max(0.0, record.duration) * 1000))
+    return billed / 1000 * memory / 1024
 
 
 def summarize(rows: Sequence[dict[str, Any]], submitted: float) -> dict[str, Any]:
@@ -145,13 +162,15 @@ def summarize(rows: Sequence[dict[str, Any]], submitted: float) -> dict[str, Any
     the time workers spent on calls that went to anything but the user's function (reading the
     function and input, unpickling, writing the result). Queue wait is not part of it.
     ``stragglers`` are the finished calls whose duration exceeds `STRAGGLER_FACTOR` times the median,
-    slowest first.
+    slowest first. ``cost`` is the Lambda compute cost at `PRICE_PER_GB_SECOND` (None off Lambda).
     """
     finished = [r for r in rows if r["end"] is not None]
     states = Counter(r["state"] for r in rows)
     wall = max(r["end"] for r in finished) - submitted if finished else None
     busy = sum(r["duration"] for r in finished)
     median = statistics.median(r["duration"] for r in finished) if finished else None
+    lambda_rows = [r["gb_seconds"] for r in finished if r.get("gb_seconds") is not None]
+    billed = sum(lambda_rows) if lambda_rows else None
     slow = [r for r in finished if median is not None and r["duration"] > STRAGGLER_FACTOR * median]
     return {
         "calls": len(rows),
@@ -166,6 +185,8 @@ def summarize(rows: Sequence[dict[str, Any]], submitted: float) -> dict[str, Any
         "median_duration": median,
         "overhead_fraction": 1 - sum(r["compute"] for r in finished) / busy if busy > 0 else None,
         "queue_wait_max": max((r["queue_wait"] for r in finished), default=None),
+        "gb_seconds": billed,
+        "cost": None if billed is None else billed * PRICE_PER_GB_SECOND,
         "stragglers": [{"job_id": r["job_id"], "call_id": r["call_id"], "duration": r["duration"], "worker": r["worker"]}
                        for r in sorted(slow, key=lambda r: -r["duration"])],
     }

@@ -110,7 +110,19 @@ def test_stragglers_are_calls_over_twice_the_median():
     assert [s["call_id"] for s in summary["stragglers"]] == [5, 4]
     assert summary["overhead_fraction"] == pytest.approx(0.5)
     assert summary["wall_time"] == pytest.approx(6.0)
+    assert summary["cost"] is None
 
+
+def test_lambda_calls_add_up_to_a_cost():
+    from burstmap.job import CallState, Record
+    from burstmap.stats import PRICE_PER_GB_SECOND, gb_seconds
+
+    record = Record(0, CallState.OK, start=1.0, end=2.0, info={"billed_ms": 1500, "memory_mb": 2048})
+    assert gb_seconds(record) == pytest.approx(3.0)
+    assert gb_seconds(Record(1, CallState.OK, start=1.0, end=2.0)) is None
+    rows = [{"job_id": "j", "call_id": 0, "state": "ok", "end": 2.0, "duration": 1.0, "compute": 1.0,
+             "queue_wait": 0.0, "worker": "w", "gb_seconds": 3.0}]
+    assert summarize(rows, submitted=1.0)["cost"] == pytest.approx(3.0 * PRICE_PER_GB_SECOND)
 
 
 def test_executor_stats_matches_the_store(executor, store, futures):

@@ -39,6 +39,7 @@ from botocore.exceptions import (
 
 from .. import __version__
 from ..errors import BurstmapError, CallTimeoutError, ConfigError
+from ..stats import PRICE_PER_GB_SECOND, gb_seconds
 from ..job import CHUNK, CallState, Manifest, Record, call_name, call_ids_of
 from ..storage.base import Storage
 from ..storage.s3 import S3Storage
@@ -63,8 +64,6 @@ __all__ = [
 
 #: The largest event an asynchronous invocation accepts.
 MAX_EVENT_BYTES = 256 * 1024
-#: AWS's x86_64 price per GB-second in us-east-1 (arm64 is about 20% less); pass your own to `estimate_cost`.
-PRICE_PER_GB_SECOND = 0.0000166667
 _MAX_CALLS_PER_INVOKE = 1000  # keeps any event far below MAX_EVENT_BYTES (about 60 bytes per call)
 _TRANSIENT = {
     "TooManyRequestsException", "ThrottlingException", "Throttling", "ServiceException",
@@ -413,15 +412,10 @@ def estimate_cost(records: Iterable[Record], memory_mb: int | None = None,
     """GB-seconds of the calls × ``price`` per GB-second (requests and S3 are not counted).
 
     Each record's billed milliseconds and memory are those the function recorded in ``info``;
-    ``memory_mb`` overrides the memory, and a record without them (a timeout written by the
-    client) counts its whole duration.
+    ``memory_mb`` overrides the memory (128 MB when neither says).
     """
-    gb_seconds = 0.0
-    for record in records:
-        seconds = record.info.get("billed_ms", math.ceil(max(0.0, record.duration) * 1000)) / 1000
-        memory = memory_mb or record.info.get("memory_mb") or 128
-        gb_seconds += seconds * memory / 1024
-    return Cost(gb_seconds, gb_seconds * price)
+    total = sum(gb_seconds(r, memory_mb or r.info.get("memory_mb") or 128) for r in records)
+    return Cost(total, total * price)
 
 
 class _LambdaHandler(Handler):
