@@ -79,8 +79,14 @@ class Daemons:
 
     def __init__(self, queue: str, store: str, log: str, count: int = 2) -> None:
         self.queue, self.store, self.log = queue, store, log
-        self.procs = [self._start() for _ in range(count)]
-        self.restarts = 0
+        self.procs: list[subprocess.Popen] = []
+        try:
+            for _ in range(count):
+                self.procs.append(self._start())
+        except BaseException:
+            for proc in self.procs:
+                stop(proc)
+            raise
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name="daemon-supervisor", daemon=True)
@@ -96,7 +102,6 @@ class Daemons:
                     if proc.poll() is not None and not self._stop.is_set():
                         stop(proc)  # sweep what is left of its process group
                         self.procs[i] = self._start()
-                        self.restarts += 1
 
     def victims(self) -> list[int]:
         """The daemons at work and their call-running children (not multiprocessing's resource tracker).
@@ -123,20 +128,18 @@ class Daemons:
 def standalone_backend(folder: str) -> Iterator[tuple[burstmap.Executor, Victims]]:
     """redis-server (queue and store) and 2 daemons; victims are the daemons and their call children."""
     from burstmap.backends.standalone import StandaloneBackend
-    from burstmap.queues import QueueError, open_queue
     from burstmap.storage.redis import RedisStorage
 
     with redis_server(folder) as url:
         queue = f"{url}?stream=chaos&lease={LEASE}"
-        daemons = Daemons(queue, url, os.path.join(folder, "daemons.log"))
+        log = os.path.join(folder, "daemons.log")
+        daemons = Daemons(queue, url, log)
         try:
-            probe = open_queue(queue)
-
             def ready() -> bool:
-                try:
-                    return probe.workers_seen() >= len(daemons.procs)
-                except QueueError:  # no stream yet: no daemon has read
-                    return False
+                # each daemon logs "worker <host>:<pid>: N slots on ..." once it checked the queue and store
+                with open(log) as f:
+                    text = f.read()
+                return all(f":{p.pid}: " in text for p in daemons.procs)
 
             wait_until(ready, daemons.procs, "burstmap worker daemons")
             yield burstmap.Executor(backend=StandaloneBackend(queue), storage=RedisStorage(url),
@@ -168,7 +171,8 @@ class Unfinished:
         return "<unfinished>"
 
 
-COLUMNS = f"{'backend':>10} {'calls':>6} {'kills':>6} {'results':>8} {'lost':>5} {'duplicated':>11} {'reruns':>7} {'seconds':>8}"
+COLUMNS = (f"{'backend':>10} {'calls':>6} {'kills':>6} {'results':>8} {'lost':>5} {'duplicated':>11} {'reruns':>7} "
+           f"{'seconds':>8}")
 
 
 def run(name: str, calls: int, kills: int, deadline: float) -> bool:
@@ -211,6 +215,8 @@ def main() -> None:
                         help="seconds to wait for a backend's job; calls still unfinished then count as lost")
     parser.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=sorted(BACKENDS))
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the servers and workers started here are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(COLUMNS, flush=True)
     ok = True
     for name in args.backends:

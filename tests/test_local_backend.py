@@ -98,3 +98,20 @@ def test_script_without_main_guard_gets_a_clear_error(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("WorkerDiedError") == 3
     assert "if __name__ == '__main__':" in out.stdout
+
+
+def test_workers_killed_while_starting_are_replaced_and_lose_nothing(tmp_path):
+    with burstmap.Executor(backend=LocalBackend(workers=1), storage=LocalStorage(tmp_path), secret_key=TEST_SECRET,
+                           progress=False) as ex:
+        futures = ex.map(announce_then_sleep, [(str(tmp_path), i) for i in range(3)], max_retries=10)
+        killed = [int(wait_for(tmp_path / "0.pid"))]
+        os.kill(killed[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while len(killed) < 4:
+            assert time.monotonic() < deadline, "no replacement worker appeared"
+            pids = [p for p in ex.backend.worker_pids() if p not in killed]
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
+            time.sleep(0.005)
+        assert burstmap.get_all_results(futures, timeout=120) == [0, 1, 2]

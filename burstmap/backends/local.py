@@ -15,7 +15,7 @@ import pickle
 import signal
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -30,6 +30,7 @@ __all__ = ["LocalBackend"]
 
 log = logging.getLogger(__name__)
 _MAX_BATCH = 64
+_BATCH_SECONDS = 0.01  # quick calls are batched up to this much work per batch
 _DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
 _READY = b"ready"
 _GROUP_WINDOW = 0.002  # quick calls' records are stored together if they finish within this many seconds
@@ -102,6 +103,35 @@ class _Slot:
         return [item for seq in sorted(self.batches) if seq > after for item in self.batches[seq]]
 
 
+class _Pace:
+    """How long calls of each recent job take, and so how to batch them.
+
+    Quick calls go in batches of up to ``_MAX_BATCH`` worth ``_BATCH_SECONDS``, two batches ahead
+    per worker, so workers never wait for the dispatcher. Calls of a job not yet measured, or slow
+    ones, go one at a time and one at most ahead, so no worker holds a queue while another idles.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def record(self, batch: list[tuple[Manifest, Task]], seconds: float) -> None:
+        job_id = batch[0][0].job_id
+        total, calls = self._jobs.pop(job_id, (0.0, 0))
+        self._jobs[job_id] = (total + seconds, calls + len(batch))
+        if len(self._jobs) > 64:
+            self._jobs.popitem(last=False)
+
+    def batch(self, job_id: str, fair_share: int) -> tuple[int, int]:
+        """The size of the next batch of this job, and how many batches a worker may hold."""
+        if job_id not in self._jobs:
+            return 1, 1
+        total, calls = self._jobs[job_id]
+        per_call = total / calls
+        if per_call >= _BATCH_SECONDS:
+            return 1, 1
+        return max(1, min(_MAX_BATCH, fair_share, int(_BATCH_SECONDS / max(per_call, 1e-6)))), _DEPTH
+
+
 class _Pool:
     def __init__(self, size: int, storage: Storage, key: bytes) -> None:
         self._ctx = multiprocessing.get_context("spawn")
@@ -111,6 +141,7 @@ class _Pool:
         self._lock = threading.Lock()
         self._closed = False
         self._startup_failures = 0
+        self._pace = _Pace()
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self.slots = [self._spawn(i) for i in range(size)]
         self._thread = threading.Thread(target=self._loop, name="burstmap-local", daemon=True)
@@ -169,7 +200,8 @@ class _Pool:
                 if message == _READY:
                     slot.started = True
                 else:
-                    del slot.batches[int(message)]
+                    seq, seconds = message.split()
+                    self._pace.record(slot.batches.pop(int(seq)), float(seconds))
             if ready is slot.conn or slot.process.is_alive():
                 return
         except (EOFError, OSError):
@@ -180,10 +212,14 @@ class _Pool:
     def _dispatch(self) -> None:
         with self._lock:
             for slot in self.slots:
-                if len(slot.batches) >= _DEPTH or not self._pending:
+                if not self._pending:
+                    return
+                if not slot.started:
                     continue
-                size = max(1, min(_MAX_BATCH, len(self._pending) // (2 * len(self.slots))))
                 manifest = self._pending[0][0]
+                size, depth = self._pace.batch(manifest.job_id, len(self._pending) // (2 * len(self.slots)))
+                if len(slot.batches) >= depth:
+                    continue
                 batch = []
                 while self._pending and len(batch) < size and self._pending[0][0] is manifest:
                     _, call_id, attempt = self._pending.popleft()
@@ -222,10 +258,9 @@ class _Pool:
             return
         running = slot.running()
         if running is None:
-            first = min(slot.batches)
-            running, after = (slot.batches[first], 0, time.time(), 0), first
-        else:
-            after = int(slot.progress[0])
+            self._replace(slot, requeue=slot.unstarted(0))
+            return
+        after = int(slot.progress[0])
         batch, index, start, durable = running
         manifest, task = batch[index]
         retry = []
@@ -242,14 +277,20 @@ class _Pool:
         self._replace(slot, requeue=batch[durable:index] + retry + batch[index + 1:] + slot.unstarted(after))
 
     def _worker_failed_to_start(self, slot: _Slot) -> None:
-        """A worker died before it could take work: try again, but not forever."""
+        """A worker died before it could take work (none was sent to it): start another, but not forever.
+
+        One killed by a signal is simply replaced; one that exits by itself three times in a row
+        fails the pending calls with the likely reason.
+        """
+        if (slot.process.exitcode or 0) < 0:
+            self._replace(slot, requeue=[])
+            return
         self._startup_failures += 1
-        tasks = slot.unstarted(0)
         if self._startup_failures < _STARTUP_TRIES:
-            self._replace(slot, requeue=tasks)
+            self._replace(slot, requeue=[])
             return
         with self._lock:
-            tasks += [(m, Task(m.prefix, m.job_id, c, *m.data_range(c), a)) for m, c, a in self._pending]
+            tasks = [(m, Task(m.prefix, m.job_id, c, *m.data_range(c), a)) for m, c, a in self._pending]
             self._pending.clear()
         error = WorkerDiedError(
             f"worker processes exit while starting (exit code {slot.process.exitcode}); a script that submits "
@@ -278,7 +319,10 @@ def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, 
     """A worker process: run batches from the pipe until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     handler = Handler(storage, key, worker, group_window=_GROUP_WINDOW)
-    conn.send_bytes(_READY)
+    try:
+        conn.send_bytes(_READY)
+    except OSError:
+        return
 
     def on_start(index: int) -> None:
         progress[2] = time.time()
@@ -292,6 +336,7 @@ def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, 
             seq, tasks = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        progress[3], progress[2], progress[1], progress[0] = 0, time.time(), 0, seq
+        began = progress[2] = time.time()
+        progress[3], progress[1], progress[0] = 0, 0, seq
         handler.run(tasks, on_start, on_durable)
-        conn.send_bytes(b"%d" % seq)
+        conn.send_bytes(b"%d %.6f" % (seq, time.time() - began))
