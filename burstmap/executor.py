@@ -106,10 +106,13 @@ class Executor(cf.Executor):
         self.storage.put(layout.manifest, manifest.encode())
         self.storage.put(layout.func, func_blob)
         self.storage.put(layout.data, data)
-        futures = [ResponseFuture(layout, i, self.storage) for i in range(manifest.n_calls)]
+        futures = self._futures(layout, manifest.n_calls)
         self._watcher.watch(layout, futures)
         self.backend.run(manifest, range(manifest.n_calls))
         return futures
+
+    def _futures(self, layout: Layout, n_calls: int) -> list[ResponseFuture]:
+        return [ResponseFuture(layout, i, self.storage, self.config.progress) for i in range(n_calls)]
 
     def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (),
                    timeout: float | None = None) -> ResponseFuture:
@@ -157,7 +160,7 @@ class Executor(cf.Executor):
         futures = list(futures)
         job_id = self._new_job_id()
         layout = Layout(self.config.prefix, job_id)
-        outcome = ResponseFuture(layout, 0, self.storage)
+        outcome = ResponseFuture(layout, 0, self.storage, self.config.progress)
         refs = OutputRefs(tuple((f.layout.prefix, f.job_id, f.call_id) for f in futures))
         extra = tuple(extra_args)
         remaining = [len(futures)]
@@ -210,7 +213,7 @@ class Executor(cf.Executor):
         """
         manifest = self.manifest(job_id)
         layout = manifest.layout
-        futures = [ResponseFuture(layout, i, self.storage) for i in range(manifest.n_calls)]
+        futures = self._futures(layout, manifest.n_calls)
         if resume:
             finished = {i for key in self.storage.list(layout.status_prefix) for i in call_ids_of(key) or ()}
             missing = [i for i in range(manifest.n_calls) if i not in finished]

@@ -48,12 +48,13 @@ class RemoteTraceback(Exception):
 class ResponseFuture(cf.Future):
     """The future of one call. It is finished when its status record appears in the store."""
 
-    def __init__(self, layout: Layout, call_id: int, storage: Storage) -> None:
+    def __init__(self, layout: Layout, call_id: int, storage: Storage, progress: bool | None = None) -> None:
         super().__init__()
         self.layout = layout
         self.call_id = call_id
         self.storage = storage
         self.record: Record | None = None
+        self.progress = progress
         self.set_running_or_notify_cancel()
 
     @property
@@ -120,6 +121,9 @@ class DoneAndNotDone(NamedTuple):
 
 
 def _progress_bar(futures: list, progress: bool | None) -> tqdm | None:
+    """A bar if asked for; else as the futures' executor was configured; else when stderr is a terminal."""
+    if progress is None:
+        progress = getattr(futures[0], "progress", None) if futures else None
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress or not futures:

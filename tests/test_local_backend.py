@@ -71,6 +71,10 @@ def test_progress_bar_only_when_asked(pool_executor, capsys):
     assert "failed=1" in capsys.readouterr().err
     burstmap.get_all_results(pool_executor.map(abs, range(5)))
     assert capsys.readouterr().err == ""
+    with burstmap.Executor(backend=LocalBackend(workers=1), storage=pool_executor.storage, secret_key=TEST_SECRET,
+                           progress=True) as chatty:
+        burstmap.get_all_results(chatty.map(abs, range(5)))
+    assert "burstmap" in capsys.readouterr().err
 
 
 def test_bad_worker_count_is_a_clear_error():

@@ -297,3 +297,12 @@ def test_daemon_refuses_an_unreachable_store_in_one_line(redis_server, tmp_path)
     )
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith("Error: redis at 127.0.0.1:")
+
+
+def test_idle_daemons_are_seen(standalone_workers):
+    queue = open_queue(standalone_workers.queue)
+    deadline = time.monotonic() + 30
+    while queue.workers_seen() < 2:
+        assert time.monotonic() < deadline, "the two idle daemons never showed as seen"
+        time.sleep(0.05)
+    assert queue.workers_seen() == 2

@@ -9,6 +9,7 @@ died and is taken over with XAUTOCLAIM.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 from collections.abc import Iterator, Sequence
@@ -41,6 +42,8 @@ class RedisQueue(Queue):
         self._client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=max(10.0, lease))
         self._group_made = False
         self._lock = threading.Lock()
+        self._presence = f"{self.stream}:workers:"
+        self._horizon = max(10.0, lease)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -82,6 +85,7 @@ class RedisQueue(Queue):
     def get(self, max_messages: int, wait: float) -> list[Message]:
         with self._errors():
             self._ensure_group()
+            self._client.set(self._presence + self.consumer, b"1", px=int(self._horizon * 1000))
             reply = self._client.xautoclaim(self.stream, self.group, self.consumer, int(self.lease * 1000),
                                             start_id="0-0", count=max_messages)
             claimed = [(i, f) for i, f in reply[1] if f]
@@ -107,11 +111,12 @@ class RedisQueue(Queue):
                                     [m.handle for m in messages], justid=True)
 
     def workers_seen(self) -> int:
-        """Consumers of the group that read or heartbeat within the last lease (or 10 s)."""
+        """Workers that asked for messages within the last lease (or 10 s): each leaves an expiring key.
+
+        (``XINFO CONSUMERS`` cannot tell: a consumer blocked on an empty stream does not show there.)
+        """
         with self._errors():
-            consumers = self._client.xinfo_consumers(self.stream, self.group)
-        horizon = max(10.0, self.lease) * 1000
-        return sum(1 for c in consumers if c["idle"] < horizon)
+            return sum(1 for _ in self._client.scan_iter(match=re.sub(r"([*?\[\]\\])", r"\\\1", self._presence) + "*"))
 
     def __repr__(self) -> str:
         return f"RedisQueue(url={redact_url(self.url)!r}, stream={self.stream!r})"
