@@ -245,9 +245,18 @@ class Executor(cf.Executor):
         return _StandardExecutor(self)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop the backend's workers and the watcher; pending calls of a local pool are abandoned."""
+        """Stop taking calls, wait for those submitted (unless ``wait`` is false or ``cancel_futures``
+        is true), then stop the watcher and the backend's workers.
+
+        As with `concurrent.futures`, leaving a ``with`` block waits for the calls. Calls not waited
+        for stay in the store: a later `attach(job_id, resume=True)` can finish them.
+        """
         with self._lock:
+            if self._shutdown:
+                return
             self._shutdown = True
+        if wait and not cancel_futures:
+            cf.wait(self._watcher.pending())
         self._watcher.stop()
         self.backend.shutdown(wait)
 

@@ -82,6 +82,11 @@ class Watcher:
             for future in pending.values():
                 future.set_exception(failure)
 
+    def pending(self) -> list[ResponseFuture]:
+        """The futures still waiting for their call's record."""
+        with self._lock:
+            return [f for _, futures in self._jobs.values() for f in list(futures.values())]
+
     def stop(self) -> None:
         self._stopped = True
         self._wake.set()

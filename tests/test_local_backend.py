@@ -27,8 +27,9 @@ def announce_then_sleep(args):
 
 
 def wait_for(path: Path, timeout: float = 60) -> str:
+    """The text of ``path`` once it has some (it may exist, empty, for an instant before it is written)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and path.read_text()):
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.01)
     return path.read_text()
@@ -119,3 +120,10 @@ def test_workers_killed_while_starting_are_replaced_and_lose_nothing(tmp_path):
                 killed.append(pids[0])
             time.sleep(0.005)
         assert burstmap.get_all_results(futures, timeout=120) == [0, 1, 2]
+
+
+def test_leaving_the_with_block_waits_for_the_calls(tmp_path):
+    with burstmap.Executor(backend=LocalBackend(workers=2), storage=LocalStorage(tmp_path), secret_key=TEST_SECRET,
+                           progress=False) as ex:
+        futures = ex.map(time.sleep, [0.2] * 4)
+    assert all(f.done() and f.exception() is None for f in futures)

@@ -273,6 +273,7 @@ def test_no_worker_is_logged_and_calls_wait(redis_server, tmp_path, caplog):
         future = ex.call_async(square, 4)
         assert "1 calls queued" in caplog.text and "0 workers seen" in caplog.text
         assert not future.done()
+        ex.shutdown(cancel_futures=True)
 
 
 def test_sigterm_drains_the_call_in_flight_and_idle_daemons_exit(redis_server, tmp_path):

@@ -339,4 +339,7 @@ def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, 
         began = progress[2] = time.time()
         progress[3], progress[1], progress[0] = 0, 0, seq
         handler.run(tasks, on_start, on_durable)
-        conn.send_bytes(b"%d %.6f" % (seq, time.time() - began))
+        try:
+            conn.send_bytes(b"%d %.6f" % (seq, time.time() - began))
+        except OSError:
+            return
