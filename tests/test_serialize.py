@@ -141,7 +141,7 @@ def test_a_large_result_is_streamed_not_copied(tmp_path: Path) -> None:
     assert len(value) == size and future.record.output_key is not None
     for block in (0, 12345, size // 256 - 1):
         assert value[block * 256:(block + 1) * 256] == bytes(range(256))
-    assert future.status["peak_rss"] < 1.6 * size
+    assert future.status["peak_rss"] < 1.6 * size, future.status
 
 
 def test_a_tampered_large_result_is_refused_and_never_unpickled(tmp_path: Path) -> None:
