@@ -23,9 +23,10 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import BurstmapError
+from .serialize import load_stream, loads
 
 __all__ = ["CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "call_ids_of", "call_name",
-           "decode_records", "encode_records", "read_record"]
+           "decode_records", "encode_records", "read_record", "load_output"]
 
 RECORD_MAGIC = b"BMS1\n"
 GROUP_MAGIC = b"BMG1\n"
@@ -236,6 +237,14 @@ def read_record(storage: Any, layout: Layout, call_id: int) -> Record:
             if ids is not None and len(ids) > 1 and call_id in ids:
                 return next(r for r in decode_records(storage.get(key)) if r.call_id == call_id)
         raise
+
+
+def load_output(storage: Any, key: bytes, identity: str, record: Record) -> Any:
+    """Verify and unpickle a call's result or error: inline in its record, or streamed from its own object."""
+    if not record.output_key:
+        return loads(key, identity, record.output)
+    with storage.open_read(record.output_key) as source:
+        return load_stream(key, identity, source)
 
 
 @dataclass(frozen=True)

@@ -11,20 +11,24 @@ import hmac
 import io
 import pickle
 import reprlib
+import shutil
 import sys
 import sysconfig
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Any
+from typing import Any, BinaryIO
 
 import cloudpickle
 
 from .errors import PayloadRejectedError, SerializationError
 
-__all__ = ["seal", "unseal", "seal_value", "dumps_function", "dumps_calls", "dumps_value", "loads"]
+__all__ = ["seal", "unseal", "seal_value", "spool_value", "Spool", "dumps_function", "dumps_calls", "dumps_value",
+           "loads", "load_stream"]
 
 MAC_SIZE = 32
+_COPY_CHUNK = 4 * 1024 * 1024
 _installed_roots = tuple(
     {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
     | {sys.prefix, sys.base_prefix, sys.exec_prefix}
@@ -32,11 +36,22 @@ _installed_roots = tuple(
 _user_modules_seen: tuple[int, list[ModuleType]] = (-1, [])
 
 
+def _hmac(key: bytes, identity: str) -> Any:
+    """An HMAC-SHA256 fed with the identity so far: update it with the payload, in one piece or many."""
+    return hmac.new(key, identity.encode() + b"\0", "sha256")
+
+
 def _mac(key: bytes, identity: str, payload: bytes | memoryview) -> bytes:
     """HMAC-SHA256 over the identity and the payload, fed in turn so the payload is never copied."""
-    mac = hmac.new(key, identity.encode() + b"\0", "sha256")
+    mac = _hmac(key, identity)
     mac.update(payload)
     return mac.digest()
+
+
+def _rejected(identity: str) -> PayloadRejectedError:
+    return PayloadRejectedError(
+        f"payload {identity} failed HMAC verification (tampered, signed with another key, or from another job)"
+    )
 
 
 def seal(key: bytes, identity: str, payload: bytes) -> bytes:
@@ -50,9 +65,7 @@ def _verified(key: bytes, identity: str, blob: bytes) -> memoryview:
         raise PayloadRejectedError(f"payload {identity} is unsigned or truncated")
     view = memoryview(blob)
     if not hmac.compare_digest(view[:MAC_SIZE], _mac(key, identity, view[MAC_SIZE:])):
-        raise PayloadRejectedError(
-            f"payload {identity} failed HMAC verification (tampered, signed with another key, or from another job)"
-        )
+        raise _rejected(identity)
     return view[MAC_SIZE:]
 
 
@@ -142,29 +155,102 @@ def dumps_value(value: Any) -> bytes:
         return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def seal_value(key: bytes, identity: str, value: Any) -> bytes:
-    """``seal(key, identity, dumps_value(value))`` with one copy of the pickle, not three.
+class Spool:
+    """A sealed pickle being written: fed to an HMAC and to a file kept in memory up to a limit, on disk beyond."""
 
-    The value is pickled into a buffer that starts with room for the MAC, which is then written in
-    place; a 200 MB result costs 200 MB beside itself, not 600 MB.
+    def __init__(self, key: bytes, identity: str, memory_limit: int) -> None:
+        self.file = tempfile.SpooledTemporaryFile(max_size=memory_limit, prefix="burstmap-")
+        self.size = 0
+        self._limit = memory_limit
+        self._hmac = _hmac(key, identity)
+
+    def write(self, chunk: bytes | memoryview) -> int:
+        """Take the next piece of the payload; a piece that would cross the limit goes straight to disk."""
+        size = memoryview(chunk).nbytes
+        if self.size + size > self._limit:
+            self.file.rollover()
+        self._hmac.update(chunk)
+        self.size += size
+        return self.file.write(chunk)
+
+    @property
+    def mac(self) -> bytes:
+        return self._hmac.digest()
+
+    def sealed(self) -> bytes:
+        """The MAC and the payload as one blob (for small payloads)."""
+        self.file.seek(0)
+        return self.mac + self.file.read()
+
+    def copy_to(self, target: BinaryIO) -> None:
+        """Write the MAC and then the payload to ``target`` in chunks."""
+        self.file.seek(0)
+        target.write(self.mac)
+        shutil.copyfileobj(self.file, target, _COPY_CHUNK)
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def spool_value(key: bytes, identity: str, value: Any, memory_limit: int) -> Spool:
+    """Pickle a result or exception into a `Spool`: plain pickle when it can, cloudpickle when it must.
+
+    The pickler writes large objects straight through, so a 200 MB result costs no second 200 MB in
+    memory: the payload is on disk beyond ``memory_limit``, and its MAC is computed on the way.
     """
-    buf = io.BytesIO()
-    buf.write(bytes(MAC_SIZE))
     try:
-        pickle.dump(value, buf, protocol=pickle.HIGHEST_PROTOCOL)
+        return _spool(pickle.dump, key, identity, value, memory_limit)
     except Exception:
-        buf.seek(MAC_SIZE)
-        buf.truncate()
-        cloudpickle.dump(value, buf, protocol=pickle.HIGHEST_PROTOCOL)
-    with buf.getbuffer() as view, view[MAC_SIZE:] as payload:
-        view[:MAC_SIZE] = _mac(key, identity, payload)
-    return buf.getvalue()
+        return _spool(cloudpickle.dump, key, identity, value, memory_limit)
+
+
+def _spool(dump: Callable, key: bytes, identity: str, value: Any, memory_limit: int) -> Spool:
+    """Pickle ``value`` with ``dump`` into a new `Spool`, closed again if pickling fails."""
+    spool = Spool(key, identity, memory_limit)
+    try:
+        dump(value, spool, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
+
+
+def seal_value(key: bytes, identity: str, value: Any) -> bytes:
+    """``seal(key, identity, dumps_value(value))``, pickled once through a `Spool` held in memory."""
+    with spool_value(key, identity, value, sys.maxsize) as spool:
+        return spool.sealed()
 
 
 def loads(key: bytes, identity: str, blob: bytes) -> Any:
     """Verify a sealed blob, then unpickle it."""
     with _verified(key, identity, blob) as payload:
         return pickle.loads(payload)
+
+
+def load_stream(key: bytes, identity: str, source: BinaryIO) -> Any:
+    """Verify a sealed stream while copying it to a private temporary file, then unpickle from that file.
+
+    Nothing is unpickled before the whole payload has been checked, and the payload is never
+    whole in memory: only the value it unpickles to is.
+    """
+    mac = source.read(MAC_SIZE)
+    if len(mac) < MAC_SIZE:
+        raise PayloadRejectedError(f"payload {identity} is unsigned or truncated")
+    check = _hmac(key, identity)
+    with tempfile.TemporaryFile(prefix="burstmap-") as payload:
+        while chunk := source.read(_COPY_CHUNK):
+            check.update(chunk)
+            payload.write(chunk)
+        if not hmac.compare_digest(mac, check.digest()):
+            raise _rejected(identity)
+        payload.seek(0)
+        return pickle.load(payload)
 
 
 def _name(func: Any) -> str:

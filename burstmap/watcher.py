@@ -14,8 +14,7 @@ from collections.abc import Iterable
 
 from .errors import PayloadRejectedError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error
-from .job import CHUNK, CallState, Layout, Record, RecordError, call_ids_of, decode_records
-from .serialize import loads
+from .job import CHUNK, CallState, Layout, Record, RecordError, call_ids_of, decode_records, load_output
 from .storage.base import Storage
 
 __all__ = ["Watcher", "finish"]
@@ -34,14 +33,15 @@ def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record)
         future._finish(record, error=rebuild_error(record, None, False))
         return
     if record.output_key and record.state is CallState.OK:
-        future._finish(record, Deferred(lambda: loads(key, identity, storage.get(record.output_key))))
+        future._finish(record, Deferred(lambda: load_output(storage, key, identity, record)))
         return
-    blob = storage.get(record.output_key) if record.output_key else record.output
     try:
-        value, loaded = loads(key, identity, blob), True
+        value, loaded = load_output(storage, key, identity, record), True
     except PayloadRejectedError as e:
         future._finish(record, error=e)
         return
+    except StorageError:
+        raise
     except Exception as e:
         value, loaded = f"{type(e).__name__}: {e}", False
     if record.state is CallState.OK and loaded:

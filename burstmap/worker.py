@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PayloadRejectedError
-from .job import CHUNK, CallState, Layout, OutputRefs, Record, encode_records, read_record
+from .job import CHUNK, CallState, Layout, OutputRefs, Record, encode_records, load_output, read_record
 from .piece import DataPiece
-from .serialize import loads, seal_value
+from .serialize import MAC_SIZE, Spool, loads, spool_value
 from .storage.base import Storage
 
 __all__ = ["Task", "Handler", "INLINE_LIMIT"]
@@ -97,7 +97,7 @@ class Handler:
             return self._complete(task, record)
         except Exception as e:
             record.state, record.error = CallState.ERROR, _error_fields(e)
-            record.output = self._seal_value(task, e, record)
+            self._store_value(task, e, record)
             return self._complete(task, record)
         log = io.StringIO()
         began = time.time()
@@ -110,7 +110,7 @@ class Handler:
             value = e
         record.compute = time.time() - began
         record.log = log.getvalue().encode("utf-8", "replace")
-        record.output = self._seal_value(task, value, record)
+        self._store_value(task, value, record)
         return self._complete(task, record)
 
     def load(self, task: Task) -> tuple[Callable, tuple, dict]:
@@ -123,29 +123,35 @@ class Handler:
         """Record that a task ended outside the handler (its worker died or was stopped)."""
         record = Record(task.call_id, state, task.attempt, start, time.time(), host=_HOST, worker=self.worker,
                         error=_error_fields(error))
-        record.output = self._seal_value(task, error, record)
+        self._store_value(task, error, record)
         self._write([(task, self._complete(task, record))])
 
     def annotate(self, task: Task, record: Record) -> None:
         """Add what a backend knows about a finished call to its record (``record.info``); nothing by default."""
 
-    def _seal_value(self, task: Task, value: Any, record: Record) -> bytes:
+    def _store_value(self, task: Task, value: Any, record: Record) -> None:
+        """Seal a result or error into the record, or into its own object when large (streamed, never copied whole)."""
+        with self._seal_value(task, value, record) as spool:
+            if MAC_SIZE + spool.size <= INLINE_LIMIT:
+                record.output = spool.sealed()
+                return
+            record.output_key = Layout(task.prefix, task.job_id).out(task.call_id)
+            with self.storage.open_write(record.output_key) as f:
+                spool.copy_to(f)
+
+    def _seal_value(self, task: Task, value: Any, record: Record) -> Spool:
         """Pickle and seal a result or error; one that cannot be pickled turns the call into an error."""
         identity = f"{task.job_id}/out/{task.call_id}"
         try:
-            return seal_value(self._key, identity, value)
+            return spool_value(self._key, identity, value, INLINE_LIMIT)
         except Exception as e:
             substitute = _unpicklable(value, e)
             if record.error is None:
                 record.state, record.error = CallState.ERROR, _error_fields(substitute)
-            return seal_value(self._key, identity, substitute)
+            return spool_value(self._key, identity, substitute, INLINE_LIMIT)
 
     def _complete(self, task: Task, record: Record) -> Record:
-        """Store a large result on its own, stamp the end time and peak RSS."""
-        if len(record.output) > INLINE_LIMIT:
-            record.output_key = Layout(task.prefix, task.job_id).out(task.call_id)
-            self.storage.put(record.output_key, record.output)
-            record.output = b""
+        """Stamp the end time and peak RSS."""
         record.end = record.end or time.time()
         record.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.annotate(task, record)
@@ -191,8 +197,7 @@ class Handler:
     def load_result(self, prefix: str, job_id: str, call_id: int) -> Any:
         """Load another call's result from its record; re-raise its error if it failed."""
         record = read_record(self.storage, Layout(prefix, job_id), call_id)
-        blob = self.storage.get(record.output_key) if record.output_key else record.output
-        value = loads(self._key, f"{job_id}/out/{call_id}", blob)
+        value = load_output(self.storage, self._key, f"{job_id}/out/{call_id}", record)
         if record.state is not CallState.OK:
             raise value
         return value

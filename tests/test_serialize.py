@@ -4,6 +4,7 @@ Results are sealed in place: that gives the same bytes as sealing a copy."""
 
 from __future__ import annotations
 
+import io
 import pickle
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import burstmap
 from burstmap.backends.local import LocalBackend
 
 from burstmap.errors import PayloadRejectedError, SerializationError
-from burstmap.serialize import dumps_calls, dumps_function, dumps_value, loads, seal, seal_value, unseal
+from burstmap.serialize import dumps_calls, dumps_function, dumps_value, load_stream, loads, seal, seal_value, unseal
 from burstmap.storage.local import LocalStorage
 
 KEY = b"k" * 32
@@ -49,6 +50,17 @@ class _Evil:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("change", [lambda b: b[:-1] + bytes([b[-1] ^ 1]), lambda b: b[:-1], lambda b: b[:20]])
+def test_a_changed_stream_is_refused_before_unpickling(tmp_path: Path, change) -> None:
+    marker = tmp_path / "ran"
+    blob = seal_value(KEY, "job/out/1", [b"x" * (5 << 20), _Evil(str(marker))])
+    with pytest.raises(PayloadRejectedError, match="job/out/1"):
+        load_stream(KEY, "job/out/1", io.BytesIO(change(blob)))
+    assert not marker.exists()
+    load_stream(KEY, "job/out/1", io.BytesIO(blob))
+    assert marker.exists()
 
 
 def test_calls_are_sealed_one_by_one():
@@ -107,3 +119,41 @@ def test_a_result_above_the_inline_limit_comes_back_whole(tmp_path: Path) -> Non
         future = ex.submit(pattern, 5 << 20)
         assert future.result() == pattern(5 << 20)
         assert future.record.output_key is not None
+
+
+def repeating(n: int) -> bytes:
+    """A large result made in one allocation, whose every 256-byte block is 0..255."""
+    return bytes(range(256)) * (n // 256)
+
+
+def evil_and_large(path: str, n: int) -> list:
+    """A result above the inline limit that, when unpickled, creates the file at ``path``."""
+    return [bytes(n), _Evil(path)]
+
+
+def test_a_large_result_is_streamed_not_copied(tmp_path: Path) -> None:
+    """The worker holds the value and small buffers, not a second copy of its pickle."""
+    size = 150 << 20
+    with burstmap.Executor(backend=LocalBackend(workers=1), storage=LocalStorage(tmp_path), secret_key="k",
+                           progress=False) as ex:
+        future = ex.submit(repeating, size)
+        value = future.result()
+    assert len(value) == size and future.record.output_key is not None
+    for block in (0, 12345, size // 256 - 1):
+        assert value[block * 256:(block + 1) * 256] == bytes(range(256))
+    assert future.status["peak_rss"] < 1.6 * size, future.status
+
+
+def test_a_tampered_large_result_is_refused_and_never_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    store = LocalStorage(tmp_path / "store")
+    with burstmap.Executor(backend=LocalBackend(workers=1), storage=store, secret_key="k", progress=False) as ex:
+        future = ex.submit(evil_and_large, str(marker), 3 << 20)
+        burstmap.wait([future])
+        stored = store.path / future.record.output_key
+        data = bytearray(stored.read_bytes())
+        data[len(data) // 2] ^= 1
+        stored.write_bytes(bytes(data))
+        with pytest.raises(PayloadRejectedError, match="out/0"):
+            future.result()
+    assert not marker.exists()

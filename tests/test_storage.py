@@ -125,7 +125,7 @@ def test_exists_and_size(store: Storage) -> None:
     assert not store.exists("nothing")
 
 
-@pytest.mark.parametrize("op", ["get", "size", "get_range", "empty_range", "download"])
+@pytest.mark.parametrize("op", ["get", "size", "get_range", "empty_range", "download", "open_read"])
 def test_missing_key_is_named(store: Storage, op: str, tmp_path: Path) -> None:
     calls = {
         "get": lambda: store.get("no/such/key"),
@@ -133,6 +133,7 @@ def test_missing_key_is_named(store: Storage, op: str, tmp_path: Path) -> None:
         "get_range": lambda: store.get_range("no/such/key", 0, 4),
         "empty_range": lambda: store.get_range("no/such/key", 3, 3),
         "download": lambda: store.download("no/such/key", tmp_path / "out"),
+        "open_read": lambda: store.open_read("no/such/key"),
     }
     with pytest.raises(KeyNotFoundError, match="no/such/key"):
         calls[op]()
@@ -152,6 +153,34 @@ def test_upload_download(store: Storage, tmp_path: Path) -> None:
     assert target.read_bytes() == data
     assert sorted(p.name for p in files.iterdir()) == ["in.bin", "out.bin"]
     assert list(store.list("files/")) == ["files/big"]
+
+
+def test_open_write_open_read(store: Storage) -> None:
+    data = os.urandom(11 * MiB + 7)
+    with store.open_write("streams/big") as f:
+        for start in range(0, len(data), 3 * MiB):
+            f.write(data[start:start + 3 * MiB])
+        assert not store.exists("streams/big")
+    with store.open_write("streams/empty"):
+        pass
+    assert store.size("streams/big") == len(data)
+    with store.open_read("streams/big") as f:
+        assert f.read(10) == data[:10]
+        assert f.read() == data[10:]
+    with store.open_read("streams/empty") as f:
+        assert f.read() == b""
+    assert sorted(store.list("streams/")) == ["streams/big", "streams/empty"]
+
+
+def test_open_write_stores_nothing_if_the_block_raises(store: Storage) -> None:
+    store.put("streams/old", b"old")
+    for key in ("streams/old", "streams/new"):
+        with pytest.raises(ZeroDivisionError), store.open_write(key) as f:
+            f.write(b"partial" * 1000)
+            1 / 0
+    assert store.get("streams/old") == b"old"
+    assert not store.exists("streams/new")
+    assert list(store.list("streams/")) == ["streams/old"]
 
 
 def _put_from_worker(store: Storage) -> str:

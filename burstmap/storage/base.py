@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
-from typing import ClassVar
+from contextlib import contextmanager
+from typing import BinaryIO, ClassVar
 
 from ..errors import KeyNotFoundError
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "COPY_CHUNK"]
+
+#: Bytes per read/write when streaming an object through a file.
+COPY_CHUNK = 4 * 1024 * 1024
 
 
 class Storage(ABC):
@@ -62,16 +67,30 @@ class Storage(ABC):
         """Delete every key under ``prefix``."""
         self.delete(list(self.list(prefix)))
 
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """A binary file that becomes the object under ``key`` when the block ends without error; nothing on error.
+
+        This default buffers in memory, then `put`s; stores that can stream override it.
+        """
+        buffer = io.BytesIO()
+        yield buffer
+        self.put(key, buffer.getvalue())
+
+    def open_read(self, key: str) -> BinaryIO:
+        """A binary file of the object under ``key``; this default reads it whole into memory."""
+        return io.BytesIO(self.get(key))
+
     def upload(self, path: str | os.PathLike, key: str) -> None:
         """Store the local file at ``path`` under ``key``."""
-        with open(path, "rb") as f:
-            self.put(key, f.read())
+        with open(path, "rb") as source, self.open_write(key) as target:
+            shutil.copyfileobj(source, target, COPY_CHUNK)
 
     def download(self, key: str, path: str | os.PathLike) -> None:
         """Write the object under ``key`` to the local file at ``path``."""
         tmp = f"{os.fspath(path)}.part"
-        with open(tmp, "wb") as f:
-            f.write(self.get(key))
+        with self.open_read(key) as source, open(tmp, "wb") as target:
+            shutil.copyfileobj(source, target, COPY_CHUNK)
         shutil.move(tmp, path)
 
     def __repr__(self) -> str:

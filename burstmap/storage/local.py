@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import platformdirs
 
@@ -42,12 +45,17 @@ class LocalStorage(Storage):
         if not os.access(self.path, os.W_OK):
             raise StorageError(f"local store {self.path} is not writable")
 
-    def put(self, key: str, data: bytes) -> None:
-        file = self._file(key)
+    def _folder_of(self, file: str) -> str:
+        """The folder of ``file``, created on first use."""
         folder = os.path.dirname(file)
         if folder not in self._made:
             os.makedirs(folder, exist_ok=True)
             self._made.add(folder)
+        return folder
+
+    def put(self, key: str, data: bytes) -> None:
+        file = self._file(key)
+        self._folder_of(file)
         tmp = f"{file}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -58,12 +66,28 @@ class LocalStorage(Storage):
             os.close(fd)
         os.replace(tmp, file)
 
-    def get(self, key: str) -> bytes:
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """Write to a temporary file beside the key's, renamed over it when the block ends without error."""
+        file = self._file(key)
+        fd, tmp = tempfile.mkstemp(".tmp", f"{os.path.basename(file)}.", self._folder_of(file))
         try:
-            with open(self._file(key), "rb") as f:
-                return f.read()
+            with os.fdopen(fd, "wb") as f:
+                yield f
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        os.replace(tmp, file)
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return open(self._file(key), "rb")
         except FileNotFoundError:
             raise KeyNotFoundError(f"no key {key!r} in local store {self.path}") from None
+
+    def get(self, key: str) -> bytes:
+        with self.open_read(key) as f:
+            return f.read()
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         try:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -140,13 +141,27 @@ class RedisStorage(Storage):
             finally:
                 self.client.delete(tmp)
 
-    def download(self, key: str, path: str | os.PathLike) -> None:
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """Spill to a temporary file, appended to redis in chunks on close: never whole in memory."""
+        with tempfile.NamedTemporaryFile(prefix="burstmap-") as f:
+            yield f
+            f.flush()
+            self.upload(f.name, key)
+
+    def open_read(self, key: str) -> BinaryIO:
+        """Copy the value in chunks into a temporary file and return it at its start: never whole in memory."""
         size = self.size(key)
-        tmp = f"{os.fspath(path)}.part"
-        with self._errors(), open(tmp, "wb") as f:
-            for start in range(0, size, _CHUNK):
-                f.write(self.client.getrange(key, start, min(start + _CHUNK, size) - 1))
-        os.replace(tmp, path)
+        f = tempfile.TemporaryFile(prefix="burstmap-")
+        try:
+            with self._errors():
+                for start in range(0, size, _CHUNK):
+                    f.write(self.client.getrange(key, start, min(start + _CHUNK, size) - 1))
+        except BaseException:
+            f.close()
+            raise
+        f.seek(0)
+        return f
 
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.url}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -196,6 +197,26 @@ class S3Storage(Storage):
     def download(self, key: str, path: str | os.PathLike) -> None:
         with self._errors(key):
             self.client.download_file(self.bucket, key, os.fspath(path), Config=self._transfer)
+
+    @contextmanager
+    def open_write(self, key: str) -> Iterator[BinaryIO]:
+        """Spill to a temporary file, uploaded on close from the file (in parts from the threshold): little memory."""
+        with tempfile.NamedTemporaryFile(prefix="burstmap-") as f:
+            yield f
+            f.flush()
+            self.upload(f.name, key)
+
+    def open_read(self, key: str) -> BinaryIO:
+        """Download into a temporary file (in parallel ranged parts) and return it at its start: little memory."""
+        f = tempfile.TemporaryFile(prefix="burstmap-")
+        try:
+            with self._errors(key):
+                self.client.download_fileobj(self.bucket, key, f, Config=self._transfer)
+        except BaseException:
+            f.close()
+            raise
+        f.seek(0)
+        return f
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
