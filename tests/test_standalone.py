@@ -203,9 +203,10 @@ def _daemon_names(log: Path) -> set[str]:
 def test_forged_and_unsigned_messages_are_dropped_unrun(standalone_workers, tmp_path):
     marker = tmp_path / "executed"
     store = RedisStorage(standalone_workers.store)
-    with burstmap.Executor(backend=StandaloneBackend(standalone_workers.queue), storage=store,
-                           secret_key="an-attacker-key", progress=False) as forger:
-        job = forger.map(touch, [str(marker)])[0].job_id
+    forger = burstmap.Executor(backend=StandaloneBackend(standalone_workers.queue), storage=store,
+                               secret_key="an-attacker-key", progress=False)
+    job = forger.map(touch, [str(marker)])[0].job_id
+    forger.shutdown(cancel_futures=True)
     queue = open_queue(standalone_workers.queue)
     queue.put([b"not even json", b"00." + json.dumps({"job": "x", "calls": [[0, 0, 1]]}).encode()])
     log = standalone_workers.log
