@@ -296,8 +296,29 @@ def dask_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
 
 
 #: Every backend runs the shared suite in tests/test_backends.py: a backend joins it with one line here.
+def lambda_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
+    """The Lambda backend: every invoke runs the real entry point in a fresh process, on a moto S3 store."""
+    import burstmap
+    from burstmap.backends.aws_lambda import LambdaBackend
+    from burstmap.storage.s3 import S3Storage
+
+    from .lambda_emulator import REGION, EmulatedInvoker, deploy_function
+
+    endpoint = request.getfixturevalue("moto_server")
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", REGION)):
+        os.environ.setdefault(name, value)
+    deploy_function(endpoint, "burstmap-suite", "suite-lambda")
+    invoker = EmulatedInvoker(timeout=4, secret=TEST_SECRET, function="burstmap-suite")
+    backend = LambdaBackend(function_name="burstmap-suite", endpoint_url=endpoint, region=REGION, concurrency=8,
+                            calls_per_invoke=10, poll_interval=0.05, grace=0.5, timeout=4, invoker=invoker)
+    storage = S3Storage("suite-lambda", endpoint_url=endpoint, region=REGION)
+    return burstmap.Executor(backend=backend, storage=storage, secret_key=TEST_SECRET, progress=False)
+
+
 EXECUTORS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
     "local": local_executor,
+    "lambda": lambda_executor,
     "dask": dask_executor,
     "standalone": standalone_executor,
 }

@@ -3,15 +3,12 @@ data plane by running the exact entry point on Lambda-shaped events in fresh pro
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,108 +27,16 @@ from burstmap.backends.aws_lambda import (
     lambda_client,
     with_backoff,
 )
-from burstmap.errors import CallTimeoutError, ConfigError
-from burstmap.job import CallState, Layout, Manifest, Record
+from burstmap.errors import CallTimeoutError, ConfigError, WorkerDiedError
+from burstmap.job import CallState, Manifest, Record
 from burstmap.storage.local import LocalStorage
 from burstmap.storage.s3 import S3Storage
 from burstmap.worker import Task
 
+from .lambda_emulator import FUNCTION, HMAC_KEY, REGION, EmulatedInvoker, deploy_function
+
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_AWS_SECRET = "FAKEawsSECRET/never+travels0123456789abcd"
-HMAC_KEY = "test-hmac-key-0123456789abcdef"
-REGION = "us-east-1"
-FUNCTION = "burstmap-test"
-
-# A Lambda runtime in miniature: build the context object Lambda passes, then call the entry point.
-_RUNTIME = r"""
-import json, sys, time, uuid
-import burstmap
-if sys.argv[3]:
-    burstmap.__version__ = sys.argv[3]
-from burstmap.backends.aws_lambda import handler
-
-class Context:
-    function_name = "burstmap-test"
-    memory_limit_in_mb = sys.argv[2]  # a string, as in Lambda's Python runtime
-    aws_request_id = str(uuid.uuid4())
-
-    def __init__(self, timeout):
-        self._deadline = time.time() + timeout
-
-    def get_remaining_time_in_millis(self):
-        return max(0, int((self._deadline - time.time()) * 1000))
-
-event = json.loads(sys.stdin.buffer.read())
-context = Context(float(sys.argv[1]))
-sys.stdout.write("ready\n")
-sys.stdout.flush()
-handler(event, context)
-"""
-
-
-class EmulatedInvoker:
-    """Invokes like Lambda's ``InvocationType='Event'``: returns at once, runs the event in a fresh
-    process, and kills that process when the function's timeout has passed."""
-
-    def __init__(self, timeout: float, memory_mb: int = 512, deployed_version: str = "",
-                 storage: S3Storage | None = None) -> None:
-        self.timeout = timeout
-        self.memory_mb = memory_mb
-        self.deployed_version = deployed_version
-        self.payloads: list[bytes] = []
-        self.storage = storage
-        self.most_outstanding = 0
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self.env = {
-            **os.environ,
-            "PYTHONPATH": str(ROOT),
-            "BURSTMAP_SECRET_KEY": HMAC_KEY,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "role-credentials",
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_LAMBDA_FUNCTION_NAME": FUNCTION,
-        }
-
-    def invoke(self, payload: bytes) -> None:
-        with self._lock:
-            if self.storage is not None:
-                self.most_outstanding = max(self.most_outstanding, self._outstanding(payload))
-            self.payloads.append(payload)
-        proc = subprocess.Popen(
-            [sys.executable, "-c", _RUNTIME, str(self.timeout), str(self.memory_mb), self.deployed_version],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
-        )
-        proc.stdin.write(payload)
-        proc.stdin.close()
-        thread = threading.Thread(target=self._reap, args=(proc,), daemon=True)
-        thread.start()
-        self._threads.append(thread)
-
-    def _reap(self, proc: subprocess.Popen) -> None:
-        proc.stdout.readline()  # the timeout counts from the handler's start, as on Lambda
-        try:
-            proc.wait(self.timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-
-    def _outstanding(self, payload: bytes) -> int:
-        """Invocations sent earlier that still miss a status, plus this one."""
-        event = json.loads(payload)
-        names = self.storage.list(Layout(event["prefix"], event["job_id"]).status_prefix)
-        done = {int(key.rpartition("/")[2]) for key in names}
-        sent = [{call[0] for call in json.loads(p)["calls"]} for p in self.payloads]
-        return 1 + sum(1 for calls in sent if calls - done)
-
-    def join(self) -> None:
-        for thread in self._threads:
-            thread.join()
-
-    def calls(self) -> list[list[int]]:
-        return [call for p in self.payloads for call in json.loads(p)["calls"]]
-
 
 @pytest.fixture(scope="module")
 def aws(moto_server: str) -> Iterator[str]:
@@ -142,16 +47,7 @@ def aws(moto_server: str) -> Iterator[str]:
     patch.setenv("AWS_DEFAULT_REGION", REGION)
     patch.setenv("BURSTMAP_SECRET_KEY", HMAC_KEY)
     try:
-        boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket="lambda-jobs")
-        iam = boto3.client("iam", endpoint_url=moto_server)
-        role = iam.create_role(RoleName="fixture-role", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-        code = io.BytesIO()
-        with zipfile.ZipFile(code, "w") as z:
-            z.writestr("index.py", "def handler(event, context): pass\n")
-        boto3.client("lambda", endpoint_url=moto_server).create_function(
-            FunctionName=FUNCTION, Runtime="python3.12", Role=role, Handler="index.handler",
-            Code={"ZipFile": code.getvalue()}, Timeout=5, MemorySize=512,
-        )
+        deploy_function(moto_server, FUNCTION, "lambda-jobs")
         yield moto_server
     finally:
         patch.undo()
@@ -219,18 +115,18 @@ def test_call_past_its_timeout_is_stopped_inside_the_function(aws: str) -> None:
     invoker = EmulatedInvoker(timeout=30)
     with _executor(aws, invoker) as ex:
         slow, quick = ex.map(sleepy, [60, 0], timeout=1)
-        with pytest.raises(CallTimeoutError, match="time limit"):
+        with pytest.raises(CallTimeoutError, match=r"call \S+/00000 ran past its timeout of 1s on Lambda"):
             slow.result(timeout=60)
         assert quick.result(timeout=60) == 0
     assert slow.record.state is CallState.TIMEOUT
     assert slow.record.info["billed_ms"] >= 900
 
 
-def test_lost_invocation_is_retried_then_recorded_as_timeout(aws: str) -> None:
+def test_lost_invocation_is_retried_then_recorded_as_died(aws: str) -> None:
     invoker = EmulatedInvoker(timeout=1)
     with _executor(aws, invoker, calls_per_invoke=1) as ex:
         (future,) = ex.map(crash, [7], max_retries=1)
-        with pytest.raises(CallTimeoutError, match=r"call \S+/00000: no status .* attempt 2 of 2"):
+        with pytest.raises(WorkerDiedError, match=r"call \S+/00000: its Lambda invocation died .* attempt 2 of 2"):
             future.result(timeout=60)
     assert future.record.attempt == 2
     assert [call[3] for call in invoker.calls()] == [1, 2]

@@ -38,7 +38,7 @@ from botocore.exceptions import (
 )
 
 from .. import __version__
-from ..errors import BurstmapError, CallTimeoutError, ConfigError
+from ..errors import BurstmapError, CallTimeoutError, ConfigError, WorkerDiedError
 from ..stats import PRICE_PER_GB_SECOND, gb_seconds
 from ..job import CHUNK, CallState, Manifest, Record, call_name, call_ids_of
 from ..storage.base import Storage
@@ -381,23 +381,27 @@ class _Monitor:
         return done
 
     def _expired(self, invocation: _Invocation) -> list[tuple[Manifest, Task]]:
-        """Calls of an invocation with no status after its deadline: re-run them, or record a timeout."""
+        """Calls of an invocation with no status after its deadline: re-run them, or record their death.
+
+        Calls past their own timeout are stopped and recorded inside the function, so an invocation
+        that leaves no status crashed (out of memory, killed) or was lost. Calls run in order, so the
+        first one without a status is the one it died in: only that one spends an attempt.
+        """
         manifest, backend = invocation.manifest, self._backend
-        retry = []
-        for task in invocation.tasks:
-            if task.call_id not in invocation.missing:
-                continue
-            if task.attempt <= manifest.max_retries:
-                retry.append((manifest, Task(**{**task.__dict__, "attempt": task.attempt + 1})))
-                continue
-            error = CallTimeoutError(
-                f"call {manifest.job_id}/{call_name(task.call_id)}: no status within Lambda function "
-                f"{backend.function_name!r}'s timeout of {backend.timeout:g}s + {backend.grace:g}s grace in attempt "
-                f"{task.attempt} of {manifest.max_retries + 1}: it ran too long, or its invocation died or was lost "
-                f"(see the function's CloudWatch logs)"
-            )
-            self._handler.write_failure(task, CallState.TIMEOUT, error, time.time())
-        return retry
+        missing = [task for task in invocation.tasks if task.call_id in invocation.missing]
+        if not missing:
+            return []
+        first, rest = missing[0], [(manifest, task) for task in missing[1:]]
+        if first.attempt <= manifest.max_retries:
+            return [(manifest, Task(**{**first.__dict__, "attempt": first.attempt + 1})), *rest]
+        error = WorkerDiedError(
+            f"call {manifest.job_id}/{call_name(first.call_id)}: its Lambda invocation died (no status within "
+            f"function {backend.function_name!r}'s timeout of {backend.timeout:g}s + {backend.grace:g}s grace) "
+            f"in attempt {first.attempt} of {manifest.max_retries + 1}: it crashed, ran out of memory, or was "
+            f"lost (see the function's CloudWatch logs)"
+        )
+        self._handler.write_failure(first, CallState.DIED, error, time.time())
+        return rest
 
 
 class Cost(NamedTuple):
@@ -429,7 +433,7 @@ class _LambdaHandler(Handler):
         super().__init__(storage, key, f"lambda:{os.environ.get('AWS_LAMBDA_FUNCTION_NAME', 'burstmap')}")
         self.context: Any = None
         self._call_began = 0
-        self._timed_out = False
+        self._limit = (0.0, False)
 
     def serve(self, tasks: list[Task], context: Any, call_timeout: float | None) -> None:
         """Run the tasks of one invocation, each under an alarm."""
@@ -442,7 +446,8 @@ class _LambdaHandler(Handler):
                 if left <= 0:
                     return
                 limit = min(left, call_timeout) if call_timeout else left
-                self._call_began, self._timed_out = context.get_remaining_time_in_millis(), False
+                self._call_began = context.get_remaining_time_in_millis()
+                self._limit = (limit, bool(call_timeout) and limit >= call_timeout)
                 signal.setitimer(signal.ITIMER_REAL, limit)
                 try:
                     self.run_task(task)
@@ -462,8 +467,12 @@ class _LambdaHandler(Handler):
         signal.setitimer(signal.ITIMER_REAL, 0)
         error = record.error or {}
         if record.state is CallState.ERROR and error.get("type") == f"{__name__}._Alarm":
+            limit, own = self._limit
+            why = f"its timeout of {limit:g}s" if own else f"the function's remaining time ({limit:.1f}s)"
             record.state = CallState.TIMEOUT
-            record.error = {**error, "type": "burstmap.errors.CallTimeoutError"}
+            record.error = {**error, "type": "burstmap.errors.CallTimeoutError",
+                            "message": f"call {task.job_id}/{call_name(task.call_id)} ran past {why} on Lambda "
+                                       "and was stopped"}
             record.output = b""
         context = self.context
         remaining = context.get_remaining_time_in_millis()
