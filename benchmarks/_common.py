@@ -7,24 +7,24 @@ import time
 from collections.abc import Callable
 
 
-def best_of(runs: int, fn: Callable[[], object]) -> float:
-    """The fastest of ``runs`` timed runs of ``fn``, in seconds (the least disturbed by noise)."""
+def timings(runs: int, fn: Callable[[], object]) -> list[float]:
+    """The seconds each of ``runs`` runs of ``fn`` took."""
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_of(runs: int, fn: Callable[[], object]) -> float:
+    """The fastest of ``runs`` timed runs of ``fn``, in seconds (the least disturbed by noise)."""
+    return min(timings(runs, fn))
 
 
 def median_of(runs: int, fn: Callable[[], object]) -> float:
     """The median of ``runs`` timed runs of ``fn``, in seconds."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timings(runs, fn))
 
 
 def report(name: str, ours: str, peer: str, ratio: float, target: str) -> None:

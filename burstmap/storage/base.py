@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -80,6 +81,14 @@ class Storage(ABC):
     def open_read(self, key: str) -> BinaryIO:
         """A binary file of the object under ``key``; this default reads it whole into memory."""
         return io.BytesIO(self.get(key))
+
+    @contextmanager
+    def spooled_write(self, key: str) -> Iterator[BinaryIO]:
+        """An `open_write` for stores whose `upload` streams: spill to a temporary file, upload it on close."""
+        with tempfile.NamedTemporaryFile(prefix="burstmap-") as f:
+            yield f
+            f.flush()
+            self.upload(f.name, key)
 
     def upload(self, path: str | os.PathLike, key: str) -> None:
         """Store the local file at ``path`` under ``key``."""

@@ -141,13 +141,7 @@ class RedisStorage(Storage):
             finally:
                 self.client.delete(tmp)
 
-    @contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:
-        """Spill to a temporary file, appended to redis in chunks on close: never whole in memory."""
-        with tempfile.NamedTemporaryFile(prefix="burstmap-") as f:
-            yield f
-            f.flush()
-            self.upload(f.name, key)
+    open_write = Storage.spooled_write
 
     def open_read(self, key: str) -> BinaryIO:
         """Copy the value in chunks into a temporary file and return it at its start: never whole in memory."""

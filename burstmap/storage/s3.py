@@ -198,13 +198,7 @@ class S3Storage(Storage):
         with self._errors(key):
             self.client.download_file(self.bucket, key, os.fspath(path), Config=self._transfer)
 
-    @contextmanager
-    def open_write(self, key: str) -> Iterator[BinaryIO]:
-        """Spill to a temporary file, uploaded on close from the file (in parts from the threshold): little memory."""
-        with tempfile.NamedTemporaryFile(prefix="burstmap-") as f:
-            yield f
-            f.flush()
-            self.upload(f.name, key)
+    open_write = Storage.spooled_write
 
     def open_read(self, key: str) -> BinaryIO:
         """Download into a temporary file (in parallel ranged parts) and return it at its start: little memory."""
