@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from burstmap.errors import PayloadRejectedError
-from burstmap.job import GROUP_MAGIC, CallState, Manifest, Record, RecordError, decode_records, encode_records
+from burstmap.job import GROUP_MAGIC, RECORD_MAGIC, CallState, Manifest, Record, RecordError, decode_records, encode_records
 from burstmap.queues.base import decode_batch, encode_batch
 
 KEY = b"k" * 32
@@ -16,10 +16,11 @@ MANIFEST = Manifest("job-1", "pre", "f", (0, 10, 20, 30), 1.0, "host")
 
 
 @given(st.binary())
-def test_any_bytes_as_a_status_object(data):
-    for blob in (data, GROUP_MAGIC + data):
+def test_any_bytes_as_a_status_object_or_manifest(data):
+    for parse, blob in ((decode_records, data), (decode_records, GROUP_MAGIC + data),
+                        (Record.decode, RECORD_MAGIC + data), (Manifest.decode, data)):
         try:
-            decode_records(blob)
+            parse(blob)
         except RecordError:
             pass
 

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from ..storage.redis import redact_url
+from ..storage.redis import describe, redact_url
 from .base import Message, Queue, QueueError
 
 __all__ = ["RedisQueue"]
@@ -49,15 +49,10 @@ class RedisQueue(Queue):
     def _errors(self) -> Iterator[None]:
         try:
             yield
-        except redis.AuthenticationError:
-            raise QueueError(f"queue redis at {self.address} rejected the credentials") from None
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            reason = "timed out" if isinstance(e, redis.TimeoutError) else "is not reachable"
-            raise QueueError(f"queue redis at {self.address} {reason}") from None
-        except redis.ResponseError as e:
+        except (redis.AuthenticationError, redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
             if str(e).startswith("NOGROUP"):
                 self._group_made = False
-            raise QueueError(f"queue redis at {self.address} refused: {str(e).splitlines()[0]}") from None
+            raise QueueError(f"queue redis at {self.address} {describe(e)}") from None
 
     def _ensure_group(self) -> None:
         if self._group_made:

@@ -19,12 +19,23 @@ from redis.retry import Retry
 from ..errors import KeyNotFoundError, StorageError
 from .base import Storage
 
-__all__ = ["RedisStorage", "redact_url"]
+__all__ = ["RedisStorage", "describe", "redact_url"]
 
 _BATCH = 1000  # keys per DEL and per SCAN step
 _CHUNK = 4 * 1024 * 1024  # bytes per APPEND / GETRANGE when streaming files
 _UPLOADS = "burstmap-upload-in-progress/"  # partial uploads live here, not beside their key
 _GLOB = re.compile(r"([*?\[\]\\])")
+
+
+def describe(error: redis.RedisError) -> str:
+    """What went wrong with a Redis server, in words that never include its password."""
+    if isinstance(error, redis.AuthenticationError):
+        return "rejected the credentials"
+    if isinstance(error, redis.TimeoutError):
+        return "timed out"
+    if isinstance(error, redis.ConnectionError):
+        return "is not reachable"
+    return f"refused: {str(error).splitlines()[0]}"
 
 
 def redact_url(url: str) -> str:
@@ -68,13 +79,8 @@ class RedisStorage(Storage):
         """Turn redis-py's exceptions into burstmap's one-line errors, never showing the password."""
         try:
             yield
-        except redis.AuthenticationError:
-            raise StorageError(f"redis at {self.address} rejected the credentials") from None
-        except (redis.ConnectionError, redis.TimeoutError) as e:
-            reason = "timed out" if isinstance(e, redis.TimeoutError) else "is not reachable"
-            raise StorageError(f"redis at {self.address} {reason}") from None
-        except redis.ResponseError as e:
-            raise StorageError(f"redis at {self.address} refused: {str(e).splitlines()[0]}") from None
+        except (redis.AuthenticationError, redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
+            raise StorageError(f"redis at {self.address} {describe(e)}") from None
 
     def _missing(self, key: str) -> KeyNotFoundError:
         return KeyNotFoundError(f"no key {key!r} in redis at {self.address}")
