@@ -8,6 +8,7 @@ from .errors import (
     BurstmapError,
     CallTimeoutError,
     ConfigError,
+    ExecutorShutdownError,
     JobNotFoundError,
     PayloadRejectedError,
     RemoteError,
@@ -34,7 +35,7 @@ def replay(job_id: str, call_id: int) -> Any:
 
 __all__ = [
     "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "Backend", "BurstmapError", "CallTimeoutError", "Config",
-    "ConfigError", "Executor", "JobNotFoundError", "PayloadRejectedError", "RemoteError", "ResponseFuture", "SerializationError",
+    "ConfigError", "Executor", "ExecutorShutdownError", "JobNotFoundError", "PayloadRejectedError", "RemoteError", "ResponseFuture", "SerializationError",
     "Storage", "StorageError", "WorkerDiedError", "as_completed", "attach", "default_executor",
     "get_all_results", "load_config", "replay", "wait",
 ]

@@ -27,10 +27,10 @@ import yaml
 
 from . import registry
 from .config import Config, config_path, load_config, secret_key_path
-from .errors import BurstmapError
+from .errors import BurstmapError, JobNotFoundError
 from .executor import Executor
 from .job import Layout
-from .stats import CALL_FIELDS, FAILED_STATES, JobNotFoundError, JobRecords, job_stats, list_jobs
+from .stats import CALL_FIELDS, FAILED_STATES, JobRecords, job_stats, list_jobs
 from .storage.base import Storage
 from .storage.url import open_store
 
@@ -119,7 +119,7 @@ class Session:
 
     def job(self, job_id: str) -> JobRecords:
         """Load a job's manifest and records; unknown ids become a one-line error."""
-        return JobRecords.load(self.storage, self.prefix, job_id)
+        return JobRecords.load(self.storage, self.config.secret(), self.prefix, job_id)
 
 
 pass_session = click.make_pass_decorator(Session)
@@ -259,7 +259,7 @@ def jobs_command(session: Session) -> None:
     """List the jobs in the store, oldest first."""
     rows = [["JOB", "FUNCTION", "DONE", "FAILED", "PENDING", "CORRUPT", "SUBMITTED", "DURATION"]]
     now = time.time()
-    for job in list_jobs(session.storage, session.prefix):
+    for job in list_jobs(session.storage, session.config.secret(), session.prefix):
         if isinstance(job, JobRecords):
             rows.append(_job_row(job, now))
         else:
@@ -416,7 +416,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @pass_session
 def stats_command(session: Session, job_id: str, as_csv: bool) -> None:
     """Show a job's timings: wall time, throughput, overhead, stragglers; or every call as CSV."""
-    report = job_stats(session.storage, session.prefix, job_id)
+    report = job_stats(session.storage, session.config.secret(), session.prefix, job_id)
     if as_csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=CALL_FIELDS, lineterminator="\n")
         writer.writeheader()
@@ -434,7 +434,7 @@ def stats_command(session: Session, job_id: str, as_csv: bool) -> None:
 def plot_command(session: Session, job_id: str, output: str) -> None:
     """Draw a job's timeline by worker and its histogram of call durations into a PNG."""
     from .plot import plot
-    report = job_stats(session.storage, session.prefix, job_id)
+    report = job_stats(session.storage, session.config.secret(), session.prefix, job_id)
     click.echo(f"wrote {plot(report, output)}")
 
 
@@ -459,7 +459,7 @@ def _chosen(session: Session, job_id: str | None, older_than: float | None, all_
         raise click.UsageError("give exactly one of JOB, --older-than or --all")
     if job_id is not None:
         return [session.job(job_id)]
-    jobs = [j for j in list_jobs(session.storage, session.prefix) if isinstance(j, JobRecords)]
+    jobs = [j for j in list_jobs(session.storage, session.config.secret(), session.prefix) if isinstance(j, JobRecords)]
     if older_than is not None:
         cutoff = time.time() - older_than
         jobs = [j for j in jobs if j.manifest.submitted < cutoff]

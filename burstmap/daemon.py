@@ -12,36 +12,31 @@ SIGTERM or SIGINT drains: no new message is taken, calls in flight finish and ar
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
 import logging
-import multiprocessing
 import os
 import signal
 import socket
 import sys
 import threading
 import time
-from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import click
 
+from .attempts import Attempts
+from .child import CallProcess
 from .config import load_config
-from .errors import CallTimeoutError, PayloadRejectedError, WorkerDiedError
-from .job import CallState, call_name
-from .queues import Message, Queue, QueueError, decode_batch, open_queue
+from .errors import PayloadRejectedError
+from .job import Batch, Layout
+from .queues import Message, Queue, QueueError, open_queue
 from .storage import open_store
 from .storage.base import Storage
-from .worker import Handler, Task
-from .backends.ledger import Ledger
 
 __all__ = ["Daemon", "worker"]
 
 log = logging.getLogger("burstmap.worker")
 
 _POLL = 1.0  # seconds a slot waits on the queue before it looks at its stop conditions again
-_PR_SET_PDEATHSIG = 1
 
 
 class Daemon:
@@ -112,14 +107,20 @@ class Daemon:
             self._held.pop(message.handle, None)
             self._last_work = time.monotonic()
 
+    def drop(self, message: Message) -> None:
+        """Stop extending a message's lease without acknowledging it, so it is delivered again."""
+        with self._lock:
+            self._held.pop(message.handle, None)
+
     def _heartbeat(self) -> None:
+        """Extend the leases of held messages; an error is logged and the next beat tries again."""
         while True:
             time.sleep(self.queue.lease / 3)
             with self._lock:
                 held = list(self._held.values())
             try:
                 self.queue.extend(held)
-            except QueueError as e:
+            except Exception as e:
                 log.warning("worker %s: heartbeat failed: %s", self.name, e)
 
 
@@ -129,11 +130,11 @@ class _Slot:
     def __init__(self, daemon: Daemon, index: int) -> None:
         self.daemon, self.index = daemon, index
         self.name = f"{daemon.name}/{index}"
-        self._ctx = multiprocessing.get_context("spawn")
-        self._process: Any = None
-        self._conn: Connection | None = None
+        self.attempts = Attempts(daemon.storage, daemon._key, self.name)
+        self._calls = CallProcess(daemon.storage, daemon._key, self.name)
 
     def loop(self) -> None:
+        """Take and run messages until the daemon stops; a message that fails here is left to its lease."""
         try:
             while not self.daemon.should_stop():
                 try:
@@ -144,102 +145,36 @@ class _Slot:
                     continue
                 for message in messages:
                     self.daemon.hold(message)
-                    self.handle(message)
+                    try:
+                        self.handle(message)
+                    except Exception:
+                        log.exception("worker %s: message %s failed here; it runs again once its lease ends",
+                                      self.name, message.handle)
+                        self.daemon.drop(message)
+                        continue
                     self.daemon.release(message)
         finally:
-            self._close()
+            self._calls.close()
 
     def handle(self, message: Message) -> None:
-        """Verify a message and run its calls; a message that is not ours is dropped unrun."""
+        """Verify a message and run its calls; one that is not ours runs nothing and is recorded as refused."""
         try:
-            batch = decode_batch(self.daemon._key, message.body)
+            batch = Batch.decode(self.daemon._key, message.body)
         except PayloadRejectedError as e:
-            log.warning("worker %s: dropped message %s: %s", self.name, message.handle, e)
+            self.refuse(message, e)
             return
-        ledger = Ledger(self.daemon.storage, self.daemon._key, batch.tasks, batch.max_retries, self.name)
-        for task in ledger.begin(message.delivery, mark=message.delivery > 1):
-            self.run_call(task, batch.timeout, batch.max_retries)
-
-    def run_call(self, task: Task, timeout: float | None, max_retries: int) -> None:
-        """Run one call in the child; stop it at its timeout; re-run it if the child dies."""
-        while True:
-            start = time.time()
-            conn, process = self._child()
-            conn.send(task)
-            ready = wait([conn, process.sentinel], timeout)
-            if conn in ready:
-                try:
-                    state = conn.recv()
-                    log.info("%s call %s/%s attempt %d: %s in %.3fs", self.name, task.job_id,
-                             call_name(task.call_id), task.attempt, state, time.time() - start)
-                    return
-                except (EOFError, OSError):
-                    pass
-            if not ready:
-                self._timeout(task, timeout or 0.0, start)
-                return
-            task = self._died(task, max_retries, start)
-            if task is None:
-                return
-
-    def _timeout(self, task: Task, timeout: float, start: float) -> None:
-        self._close()
-        error = CallTimeoutError(f"call {task.job_id}/{call_name(task.call_id)} ran past its timeout of "
-                                 f"{timeout:g}s and its process on {self.name} was stopped")
-        Handler(self.daemon.storage, self.daemon._key, self.name).write_failure(task, CallState.TIMEOUT, error, start)
-        log.info("%s call %s/%s attempt %d: timeout after %gs", self.name, task.job_id, call_name(task.call_id),
-                 task.attempt, timeout)
-
-    def _died(self, task: Task, max_retries: int, start: float) -> Task | None:
-        """The child died in a call: the task to run again, or ``None`` once its retries are spent."""
-        if self._process is not None:
-            self._process.join(1)
-        code = self._process.exitcode if self._process else None
-        self._close()
-        how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-        log.info("%s call %s/%s attempt %d: process died (%s)", self.name, task.job_id, call_name(task.call_id),
-                 task.attempt, how)
-        if task.attempt <= max_retries:
-            return dataclasses.replace(task, attempt=task.attempt + 1)
-        error = WorkerDiedError(f"call {task.job_id}/{call_name(task.call_id)}: process on {self.name} died "
-                                f"({how}) in attempt {task.attempt} of {max_retries + 1}")
-        Handler(self.daemon.storage, self.daemon._key, self.name).write_failure(task, CallState.DIED, error, start)
-        return None
-
-    def _child(self) -> tuple[Connection, Any]:
-        if self._process is None or not self._process.is_alive():
-            self._close()
-            parent, child = self._ctx.Pipe()
-            self._process = self._ctx.Process(target=_child_main, name=f"burstmap-{self.name}", daemon=True,
-                                              args=(child, self.daemon.storage, self.daemon._key, self.name, os.getpid()))
-            self._process.start()
-            child.close()
-            self._conn = parent
-        return self._conn, self._process
-
-    def _close(self) -> None:
-        if self._process is not None:
-            self._conn.close()
-            self._process.kill()
-            self._process.join()
-        self._process = self._conn = None
-
-
-def _child_main(conn: Connection, storage: Storage, key: bytes, name: str, parent: int) -> None:
-    """A child process: run tasks from the pipe one by one, answering each with its final state."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        return
-    handler = Handler(storage, key, name)
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
+        if not self.daemon.storage.exists(Layout(batch.prefix, batch.job_id).manifest):
+            log.warning("worker %s: dropped a batch of job %s, which is no longer in the store", self.name, batch.job_id)
             return
-        conn.send(handler.run_task(task).state.value)
+        for task in self.attempts.begin(batch):
+            self._calls.run_to_end(batch, task, self.attempts, self.name)
+
+    def refuse(self, message: Message, error: PayloadRejectedError) -> None:
+        """Run nothing; tell the calls' owner, through ``rejected`` records signed with this worker's key."""
+        claimed = Batch.peek(message.body)
+        log.warning("worker %s: refused message %s: %s", self.name, message.handle, error)
+        if claimed is not None:
+            self.attempts.rejected(list(claimed.tasks), f"{error}; is BURSTMAP_SECRET_KEY the same as the client's?")
 
 
 @click.command()

@@ -23,7 +23,7 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from . import __version__
-from .backends.aws_lambda import explain, lambda_client, with_backoff
+from .aws import explain, lambda_client, with_backoff
 from .config import load_config
 from .errors import BurstmapError, ConfigError
 
@@ -33,7 +33,7 @@ RUNTIMES = ("python3.10", "python3.11", "python3.12", "python3.13")
 ARCHITECTURES = ("x86_64", "arm64")
 #: Top-level packages shipped in the zip: burstmap and what it imports on Lambda.
 PACKAGES = ("burstmap", "cloudpickle", "platformdirs", "yaml", "tqdm")
-ENTRY_POINT = "burstmap.backends.aws_lambda.handler"
+ENTRY_POINT = "burstmap.lambda_handler.handler"
 _SKIP_SUFFIXES = (".pyc", ".so", ".pyd", ".dylib")
 _TRUST = {"Version": "2012-10-17", "Statement": [
     {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+from concurrent.futures.process import BrokenProcessPool
+
 __all__ = [
     "BurstmapError",
     "CallTimeoutError",
     "ConfigError",
+    "ExecutorShutdownError",
     "JobNotFoundError",
     "KeyNotFoundError",
     "PayloadRejectedError",
@@ -39,8 +43,11 @@ class KeyNotFoundError(StorageError, KeyError):
         return str(self.args[0]) if self.args else "key not found"
 
 
-class SerializationError(BurstmapError, TypeError):
-    """A function, argument or result could not be pickled or unpickled."""
+class SerializationError(BurstmapError, pickle.PicklingError, TypeError):
+    """A function, argument or result could not be pickled or unpickled.
+
+    Also a `pickle.PicklingError`, as the standard executors raise, and a `TypeError`, as before.
+    """
 
 
 class PayloadRejectedError(BurstmapError):
@@ -51,8 +58,15 @@ class CallTimeoutError(BurstmapError, TimeoutError):
     """A call ran past its timeout and its worker was stopped."""
 
 
-class WorkerDiedError(BurstmapError):
-    """The process running a call died (killed, out of memory) in every attempt."""
+class WorkerDiedError(BurstmapError, BrokenProcessPool):
+    """The process running a call died (killed, out of memory) in every attempt.
+
+    Also a `concurrent.futures.process.BrokenProcessPool`, what a process pool raises in that case.
+    """
+
+
+class ExecutorShutdownError(BurstmapError):
+    """The executor was shut down before the call finished; its job stays in the store to be resumed."""
 
 
 class RemoteError(BurstmapError):

@@ -6,26 +6,26 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import inspect
-import itertools
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import registry, stats
 from .backends.base import Backend
 from .config import Config, load_config
-from .errors import ConfigError, JobNotFoundError, KeyNotFoundError
+from .errors import ConfigError, ExecutorShutdownError
 from .future import ResponseFuture
-from .job import Layout, Manifest, OutputRefs, call_ids_of
+from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manifest, new_job_id
 from .partition import is_data_source, pieces
 from .retry import Retrying
 from .serialize import dumps_calls, dumps_function, seal
 from .storage.base import Storage
 from .watcher import Watcher
-from .worker import Handler, Task
+from .worker import Handler
 
 __all__ = ["Executor", "default_executor"]
 
@@ -69,11 +69,11 @@ class Executor(cf.Executor):
         self.backend: Backend = _build("backend", backend if isinstance(backend, Backend) else self.config.backend, Backend)
         self.executor_id = secrets.token_hex(4)
         self._key = self.config.secret()
-        self._jobs = itertools.count()
         self._lock = threading.Lock()
         self._started = False
         self._shutdown = False
         self._watcher = Watcher(self.storage, self._key)
+        _live.add(self)
 
     def _start(self) -> None:
         with self._lock:
@@ -81,16 +81,13 @@ class Executor(cf.Executor):
                 raise RuntimeError("cannot submit calls after the executor was shut down")
             if not self._started:
                 self.storage.check()
-                self.backend.start(self.storage, self._key)
+                self.backend.start(self.storage, self._key, self._watcher)
                 self._started = True
-
-    def _new_job_id(self) -> str:
-        return f"{self.executor_id}-{next(self._jobs):04d}"
 
     def _submit_job(self, func: Callable, calls: Iterable[tuple[tuple, dict]], timeout: float | None,
                     max_retries: int | None, kind: str = "map", job_id: str | None = None,
                     name: str | None = None) -> list[ResponseFuture]:
-        job_id = job_id or self._new_job_id()
+        job_id = job_id or new_job_id()
         func_blob = seal(self._key, f"{job_id}/func", dumps_function(func))
         data, offsets = dumps_calls(calls, self._key, job_id)
         if len(offsets) == 1:
@@ -103,13 +100,21 @@ class Executor(cf.Executor):
             max_retries=max_retries if max_retries is not None else self.config.max_retries, kind=kind,
         )
         layout = manifest.layout
-        self.storage.put(layout.manifest, manifest.encode())
         self.storage.put(layout.func, func_blob)
         self.storage.put(layout.data, data)
+        self.storage.put(layout.manifest, manifest.encode(self._key))  # last: a job is listed only once it can run
         futures = self._futures(layout, manifest.n_calls)
         self._watcher.watch(layout, futures)
-        self.backend.run(manifest, range(manifest.n_calls))
+        self._run(manifest, range(manifest.n_calls))
         return futures
+
+    def _run(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
+        """Have the backend run calls already watched; if it cannot, their futures fail with its error too."""
+        try:
+            self.backend.run(manifest, call_ids)
+        except BaseException as e:
+            self._watcher.fail(manifest.job_id, call_ids, e)
+            raise
 
     def _futures(self, layout: Layout, n_calls: int) -> list[ResponseFuture]:
         return [ResponseFuture(layout, i, self.storage, self.config.progress) for i in range(n_calls)]
@@ -158,7 +163,7 @@ class Executor(cf.Executor):
         the reduce future raises its error.
         """
         futures = list(futures)
-        job_id = self._new_job_id()
+        job_id = new_job_id()
         layout = Layout(self.config.prefix, job_id)
         outcome = ResponseFuture(layout, 0, self.storage, self.config.progress)
         refs = OutputRefs(tuple((f.layout.prefix, f.job_id, f.call_id) for f in futures))
@@ -167,14 +172,17 @@ class Executor(cf.Executor):
         lock = threading.Lock()
 
         def submit_reduce() -> None:
+            if any(f.cancelled() for f in futures):
+                outcome.cancel()
+                return
             failed = next((f for f in futures if f.exception() is not None), None)
             if failed is not None:
-                outcome.set_exception(failed.exception())
+                outcome._finish(None, error=failed.exception())
                 return
             try:
                 (inner,) = self._submit_job(func, [((refs, *extra), {})], timeout, None, "reduce", job_id)
             except Exception as e:
-                outcome.set_exception(e)
+                outcome._finish(None, error=e)
                 return
             inner.add_done_callback(functools.partial(_copy_outcome, outcome))
 
@@ -197,13 +205,8 @@ class Executor(cf.Executor):
         return self.reduce(reduce_func, self.map(map_func, iterdata, extra_args, timeout), timeout=timeout)
 
     def manifest(self, job_id: str) -> Manifest:
-        """The stored description of a job; `JobNotFoundError` if the store has none."""
-        layout = Layout(self.config.prefix, job_id)
-        try:
-            return Manifest.decode(self.storage.get(layout.manifest))
-        except KeyNotFoundError:
-            raise JobNotFoundError(f"no job {job_id!r} under prefix {self.config.prefix!r} in {self.storage!r}; "
-                                   "`burstmap jobs` lists the jobs there") from None
+        """The stored, verified description of a job; `JobNotFoundError` if the store has none."""
+        return load_manifest(self.storage, self._key, self.config.prefix, job_id)
 
     def attach(self, job_id: str, resume: bool = False) -> list[ResponseFuture]:
         """Rebuild the futures of an existing job from storage alone (from any process).
@@ -214,13 +217,15 @@ class Executor(cf.Executor):
         manifest = self.manifest(job_id)
         layout = manifest.layout
         futures = self._futures(layout, manifest.n_calls)
+        missing = []
         if resume:
-            finished = {i for key in self.storage.list(layout.status_prefix) for i in call_ids_of(key) or ()}
+            finished = finished_calls(self.storage, layout, range(manifest.n_calls))
             missing = [i for i in range(manifest.n_calls) if i not in finished]
             if missing:
                 self._start()
-                self.backend.run(manifest, missing)
         self._watcher.watch(layout, futures)
+        if missing:
+            self._run(manifest, missing)
         return futures
 
     def replay(self, job_id: str, call_id: int) -> Any:
@@ -238,38 +243,54 @@ class Executor(cf.Executor):
 
     def stats(self, futures: Iterable[ResponseFuture]) -> dict[str, Any]:
         """Timings of the calls behind ``futures`` as plain data: per call and per job (see `burstmap.stats`)."""
-        return stats.stats(futures, self.storage)
+        return stats.stats(futures, self._key, self.storage)
 
     def as_executor(self) -> cf.Executor:
         """A face with the exact `concurrent.futures.Executor` API (``map`` yields results)."""
         return _StandardExecutor(self)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        """Stop taking calls, wait for those submitted (unless ``wait`` is false or ``cancel_futures``
-        is true), then stop the watcher and the backend's workers.
+        """Stop taking calls, cancel those no worker has taken (with ``cancel_futures``), wait for the
+        others (with ``wait``), then stop the backend's workers and the watcher.
 
-        As with `concurrent.futures`, leaving a ``with`` block waits for the calls. Calls not waited
-        for stay in the store: a later `attach(job_id, resume=True)` can finish them.
+        As with `concurrent.futures`, leaving a ``with`` block waits for the calls, and so does the
+        end of the program. No future is left pending: one whose call had not finished when the
+        workers stopped fails with `ExecutorShutdownError`; its call stays in the store, and
+        `attach(job_id, resume=True)` on another executor finishes it.
         """
         with self._lock:
             if self._shutdown:
                 return
             self._shutdown = True
-        if wait and not cancel_futures:
+            started = self._started
+        if cancel_futures:
+            for future in self._watcher.pending():
+                future.cancel()
+        if wait:
             cf.wait(self._watcher.pending())
-        self._watcher.stop()
-        self.backend.shutdown(wait)
+        if started:
+            self.backend.shutdown(wait)
+        self._watcher.close(_shutdown_error)
 
     def __repr__(self) -> str:
         return f"Executor(backend={self.backend!r}, storage={self.storage!r}, id={self.executor_id!r})"
 
 
-def _copy_outcome(target: cf.Future, source: cf.Future) -> None:
+def _shutdown_error(job_id: str) -> ExecutorShutdownError:
+    return ExecutorShutdownError(f"the executor was shut down before this call of job {job_id} finished; "
+                                 f"`ex.attach({job_id!r}, resume=True)` on a new executor finishes it")
+
+
+def _copy_outcome(target: ResponseFuture, source: ResponseFuture) -> None:
+    """Finish the future `reduce` returned as its inner call finished."""
+    if source.cancelled():
+        target.cancel()
+        return
     error = source.exception()
     if error is not None:
-        target.set_exception(error)
+        target._finish(source.record, error=error)
     else:
-        target.set_result(source.result())
+        target._finish(source.record, source.result())
 
 
 def _qualname(func: Callable) -> str:
@@ -286,6 +307,14 @@ class _Star:
         return self.fn(*args)
 
 
+def _result_or_cancel(future: cf.Future, timeout: float | None) -> Any:
+    """The future's result; if none comes in time, its call is cancelled if no worker has taken it yet."""
+    try:
+        return future.result(timeout)
+    finally:
+        future.cancel()
+
+
 class _StandardExecutor(cf.Executor):
     """`concurrent.futures.Executor` semantics over a burstmap executor: ``map`` returns results in order."""
 
@@ -297,12 +326,22 @@ class _StandardExecutor(cf.Executor):
 
     def map(self, fn: Callable, *iterables: Iterable[Any], timeout: float | None = None,
             chunksize: int = 1) -> Iterator[Any]:
+        """Submit every call at once; yield the results in order.
+
+        ``chunksize`` is accepted and ignored: the backend batches calls itself.
+        """
         end = None if timeout is None else time.monotonic() + timeout
         futures = self._executor.map(_Star(fn), zip(*iterables))
+        futures.reverse()
 
         def results() -> Iterator[Any]:
-            for future in futures:
-                yield future.result(None if end is None else max(0.0, end - time.monotonic()))
+            """Like the standard executors: drop each future once yielded; cancel the rest if stopped early."""
+            try:
+                while futures:
+                    yield _result_or_cancel(futures.pop(), None if end is None else max(0.0, end - time.monotonic()))
+            finally:
+                for future in futures:
+                    future.cancel()
 
         return results()
 
@@ -312,6 +351,16 @@ class _StandardExecutor(cf.Executor):
 
 _default: Executor | None = None
 _default_lock = threading.Lock()
+_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+def _shut_down_live_executors() -> None:
+    """At interpreter exit, like `concurrent.futures`: wait for every live executor's calls, then stop it."""
+    for executor in list(_live):
+        executor.shutdown(wait=True)
+
+
+threading._register_atexit(_shut_down_live_executors)  # type: ignore[attr-defined]  # as concurrent.futures.thread
 
 
 def default_executor(**settings: Any) -> Executor:

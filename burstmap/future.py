@@ -46,7 +46,11 @@ class RemoteTraceback(Exception):
 
 
 class ResponseFuture(cf.Future):
-    """The future of one call. It is finished when its status record appears in the store."""
+    """The future of one call. It is finished when its status record appears in the store.
+
+    It starts ``PENDING`` and can be cancelled until a backend hands the call to a worker
+    (`take`); a record that appears for a call no backend reported taking finishes it all the same.
+    """
 
     def __init__(self, layout: Layout, call_id: int, storage: Storage, progress: bool | None = None) -> None:
         super().__init__()
@@ -55,7 +59,6 @@ class ResponseFuture(cf.Future):
         self.storage = storage
         self.record: Record | None = None
         self.progress = progress
-        self.set_running_or_notify_cancel()
 
     @property
     def job_id(self) -> str:
@@ -80,12 +83,29 @@ class ResponseFuture(cf.Future):
                 self._result = value
         return value
 
-    def _finish(self, record: Record, value: Any = None, error: BaseException | None = None) -> None:
+    def take(self) -> bool:
+        """Mark the call as handed to a worker; return whether it is still wanted.
+
+        A pending future becomes ``RUNNING``; a running one (a re-run after its worker died) stays
+        wanted; a cancelled or finished one is not.
+        """
+        with self._condition:
+            if self.done():
+                return False
+            return self.running() or self.set_running_or_notify_cancel()
+
+    def _finish(self, record: Record | None, value: Any = None, error: BaseException | None = None) -> None:
+        """Finish with the call's outcome, unless the future was cancelled or finished already."""
+        if not self.take():
+            return
         self.record = record
-        if error is not None:
-            self.set_exception(error)
-        else:
-            self.set_result(value)
+        try:
+            if error is not None:
+                self.set_exception(error)
+            else:
+                self.set_result(value)
+        except cf.InvalidStateError:
+            pass  # finished meanwhile by another path (the executor shutting down, a backend failing it)
 
     def __repr__(self) -> str:
         return f"<ResponseFuture {self.job_id}/{call_name(self.call_id)} {self._state.lower()}>"
@@ -99,15 +119,22 @@ class Deferred:
 
 
 def rebuild_error(record: Record, value: Any, loaded: bool) -> BaseException:
-    """The exception a failed call's future raises: its own type when it unpickled, with the remote traceback."""
+    """The exception a failed call's future raises: its own type when it unpickled, with the remote traceback.
+
+    A `BaseException` that is not an `Exception` (``SystemExit``, ``KeyboardInterrupt``) arrives as a
+    `RemoteError` naming it: raised as itself, it would end the client rather than report the call.
+    """
     error = record.error or {}
     where = f"call {record.call_id} ({error.get('type', '?')})"
     if record.state in _STATE_ERRORS:
         return _STATE_ERRORS[record.state](error.get("message", where))
     if record.state is CallState.OK:
         return SerializationError(f"call {record.call_id} succeeded but its result could not be unpickled here: {value}")
-    if loaded and isinstance(value, BaseException):
+    if loaded and isinstance(value, Exception):
         exc = value
+    elif loaded and isinstance(value, BaseException):
+        exc = RemoteError(f"call {record.call_id} raised {type(value).__qualname__}: {value}; it is not re-raised "
+                          "here as itself, which would stop this program")
     else:
         exc = RemoteError(f"{error.get('type', 'exception')}: {error.get('message', '')} "
                           f"(it could not be rebuilt here: {value})")

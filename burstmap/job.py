@@ -7,7 +7,7 @@ Every key burstmap writes is built here::
     <prefix>/jobs/<job_id>/data.pickle        every call's signed input; call i reads bytes offsets[i:i+2]
     <prefix>/jobs/<job_id>/status/<chunk>/<call_id>   the status record: header, captured output, result
     <prefix>/jobs/<job_id>/out/<call_id>      a result too large to keep inside the record
-    <prefix>/jobs/<job_id>/deliveries/<first_call>/<n>   delivery n of a batch re-delivered whole
+    <prefix>/jobs/<job_id>/deliveries/<batch>/<n>   delivery n of a batch re-delivered whole
 
 A status record is written last, once per attempt, and its existence marks the call complete. It
 holds the result itself unless the result is large, so a finished call costs one write. Quick
@@ -19,17 +19,23 @@ from __future__ import annotations
 
 import enum
 import json
+import re
+import reprlib
+import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import BurstmapError
-from .serialize import load_stream, loads
+from .errors import BurstmapError, JobNotFoundError, KeyNotFoundError, PayloadRejectedError
+from .serialize import MAC_SIZE, load_stream, loads, seal, unseal
 
-__all__ = ["CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "call_ids_of", "call_name",
-           "decode_records", "encode_records", "read_record", "load_output"]
+__all__ = ["Batch", "CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "Task", "call_ids_of",
+           "call_name", "decode_records", "encode_records", "finished_calls", "load_manifest", "load_output",
+           "new_job_id", "read_record"]
 
-RECORD_MAGIC = b"BMS1\n"
-GROUP_MAGIC = b"BMG1\n"
+RECORD_MAGIC = b"BMS2\n"
+GROUP_MAGIC = b"BMG2\n"
+_SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: Statuses are grouped by this many calls so that a poll lists only groups with calls pending.
 CHUNK = 1000
 
@@ -102,9 +108,9 @@ class Layout:
     def out(self, call_id: int) -> str:
         return self.root + "out/" + call_name(call_id)
 
-    def delivery(self, first_call: int, n: int) -> str:
-        """The marker of delivery ``n`` of the batch that starts at ``first_call`` (see `backends.ledger`)."""
-        return f"{self.root}deliveries/{call_name(first_call)}/{n}"
+    def delivery(self, batch: str, n: int) -> str:
+        """The marker of delivery ``n`` of the batch whose delivery id is ``batch`` (see `burstmap.attempts`)."""
+        return f"{self.root}deliveries/{batch}/{n}"
 
 
 @dataclass(frozen=True)
@@ -133,18 +139,100 @@ class Manifest:
         """The byte range of call ``call_id``'s input inside the data object."""
         return self.offsets[call_id], self.offsets[call_id + 1]
 
-    def encode(self) -> bytes:
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}).encode()
+    def encode(self, key: bytes) -> bytes:
+        """The signed JSON form: no one without the key can swap the job, its calls or its offsets."""
+        body = json.dumps({f.name: getattr(self, f.name) for f in fields(self)}).encode()
+        return seal(key, f"manifest/{self.job_id}", body)
 
     @classmethod
-    def decode(cls, data: bytes) -> Manifest:
-        """Parse a stored manifest; raise `RecordError` on anything else."""
+    def decode(cls, data: bytes, key: bytes, job_id: str) -> Manifest:
+        """Verify and parse the stored manifest of ``job_id``; raise `RecordError` on anything else."""
         try:
-            fields = json.loads(data)
+            body = unseal(key, f"manifest/{job_id}", data)
+        except PayloadRejectedError:
+            raise RecordError(f"the manifest of job {job_id} failed HMAC verification (tampered, or written "
+                              "with another secret key)") from None
+        try:
+            fields = json.loads(body)
             fields["offsets"] = tuple(int(o) for o in fields["offsets"])
             return cls(**fields)
         except (ValueError, TypeError, KeyError, RecursionError) as e:
             raise RecordError(f"not a burstmap job manifest: {e}") from None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One attempt of one call: where its input lies in the job's data object."""
+
+    prefix: str
+    job_id: str
+    call_id: int
+    start: int
+    end: int
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Calls of one job in flight, with their attempt numbers, the job's timeout and retry budget.
+
+    It is the unit that crosses every seam, in one signed encoding whatever carries it (a pipe, a Dask
+    task, a queue message, a Lambda event). ``delivery`` names one sending, so that a copy of a message
+    is recognisable as the same delivery.
+    """
+
+    prefix: str
+    job_id: str
+    tasks: tuple[Task, ...]
+    timeout: float | None = None
+    max_retries: int = 2
+    delivery: str = field(default_factory=lambda: secrets.token_hex(8))
+
+    @classmethod
+    def of(cls, manifest: Manifest, call_ids: Iterable[int], attempts: Mapping[int, int] | None = None) -> Batch:
+        """The batch of ``call_ids`` of a job (each at attempt 1 unless ``attempts`` says otherwise)."""
+        attempts = attempts or {}
+        tasks = tuple(Task(manifest.prefix, manifest.job_id, c, *manifest.data_range(c), attempts.get(c, 1))
+                      for c in call_ids)
+        return cls(manifest.prefix, manifest.job_id, tasks, manifest.timeout, manifest.max_retries)
+
+    def encode(self, key: bytes) -> bytes:
+        """``<hex MAC>.<JSON>``: JSON, never a pickle, signed with the job's key."""
+        body = json.dumps({
+            "v": 2, "prefix": self.prefix, "job": self.job_id, "timeout": self.timeout,
+            "max_retries": self.max_retries, "delivery": self.delivery,
+            "calls": [[t.call_id, t.start, t.end, t.attempt] for t in self.tasks],
+        }, separators=(",", ":")).encode()
+        return seal(key, "batch", body)[:MAC_SIZE].hex().encode() + b"." + body
+
+    @classmethod
+    def decode(cls, key: bytes, blob: bytes) -> Batch:
+        """Verify and parse an encoded batch; `PayloadRejectedError` for anything not signed by ``key``."""
+        mac, _, body = blob.partition(b".")
+        try:
+            unseal(key, "batch", bytes.fromhex(mac.decode("ascii")) + body)
+            fields = json.loads(body)
+            prefix, job = str(fields["prefix"]), str(fields["job"])
+            tasks = tuple(Task(prefix, job, int(c), int(s), int(e), int(a)) for c, s, e, a in fields["calls"])
+            if not tasks:
+                raise ValueError("no calls")
+            timeout = None if fields["timeout"] is None else float(fields["timeout"])
+            return cls(prefix, job, tasks, timeout, int(fields["max_retries"]), str(fields["delivery"]))
+        except PayloadRejectedError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, RecursionError) as e:
+            raise PayloadRejectedError(f"not a burstmap batch ({type(e).__name__})") from None
+
+    @staticmethod
+    def peek(blob: bytes) -> Batch | None:
+        """What an encoded batch claims, unverified: only to tell its owner it was refused. ``None`` if unreadable."""
+        try:
+            fields = json.loads(blob.partition(b".")[2])
+            prefix, job = str(fields["prefix"]), str(fields["job"])
+            tasks = tuple(Task(prefix, job, int(call[0]), 0, 0) for call in fields["calls"])
+            return Batch(prefix, job, tasks, None, 0, "") if tasks and _SAFE_ID.fullmatch(job) else None
+        except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, RecursionError):
+            return None
 
 
 @dataclass
@@ -168,10 +256,12 @@ class Record:
     output: bytes = b""
     output_key: str | None = None
 
-    def encode(self) -> bytes:
+    def encode(self, key: bytes, job_id: str) -> bytes:
+        """The signed form: magic, a MAC over everything after it, the JSON header, the log, the result."""
         header = self.header()
         header["log_len"] = len(self.log)
-        return b"".join((RECORD_MAGIC, json.dumps(header).encode(), b"\n", self.log, self.output))
+        body = b"".join((json.dumps(header).encode(), b"\n", self.log, self.output))
+        return RECORD_MAGIC + seal(key, f"{job_id}/status", body)
 
     def header(self) -> dict[str, Any]:
         """Every field but the captured output and the result, as plain data."""
@@ -180,19 +270,33 @@ class Record:
         return header
 
     @classmethod
-    def decode(cls, data: bytes) -> Record:
-        """Parse a stored status record; raise `RecordError` on anything else."""
+    def decode(cls, data: bytes, key: bytes, job_id: str) -> Record:
+        """Verify and parse a stored status record of job ``job_id``.
+
+        Raises:
+            RecordError: the bytes are not a record, or it was altered.
+            PayloadRejectedError: a worker that holds another key wrote that it refused the call.
+        """
         if not data.startswith(RECORD_MAGIC):
             raise RecordError("not a burstmap status record (bad magic)")
-        line_end = data.find(b"\n", len(RECORD_MAGIC))
+        sealed = data[len(RECORD_MAGIC):]
         try:
-            header = json.loads(data[len(RECORD_MAGIC):line_end])
+            body = unseal(key, f"{job_id}/status", sealed)
+        except PayloadRejectedError:
+            raise _unverified(sealed[MAC_SIZE:], job_id) from None
+        return cls._parse(body)
+
+    @classmethod
+    def _parse(cls, body: bytes) -> Record:
+        line_end = body.find(b"\n")
+        try:
+            header = json.loads(body[:line_end])
             log_len = int(header.pop("log_len"))
             header["state"] = CallState(header["state"])
-            body = data[line_end + 1:]
-            if line_end < 0 or log_len < 0 or log_len > len(body):
+            rest = body[line_end + 1:]
+            if line_end < 0 or log_len < 0 or log_len > len(rest):
                 raise ValueError("truncated record")
-            return cls(**header, log=body[:log_len], output=body[log_len:])
+            return cls(**header, log=rest[:log_len], output=rest[log_len:])
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
             raise RecordError(f"corrupt burstmap status record: {e}") from None
 
@@ -204,39 +308,80 @@ class Record:
 _HEADER_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("log", "output"))
 
 
-def encode_records(records: list[Record]) -> bytes:
-    """One object holding several records: the group magic, then each record after its length."""
+def _unverified(body: bytes, job_id: str) -> RecordError | PayloadRejectedError:
+    """The error for a record that failed verification; nothing in it is trusted beyond naming it."""
+    try:
+        record = Record._parse(body)
+    except RecordError:
+        record = None
+    if record is None or record.state is not CallState.REJECTED:
+        return RecordError(f"a status record of job {job_id} failed HMAC verification (tampered, or written with "
+                           "another secret key); it was not used")
+    return PayloadRejectedError(
+        f"call {job_id}/{call_name(record.call_id)}: worker {reprlib.repr(record.worker)} refused it: its payload "
+        "did not verify with the worker's key; the worker most likely has a different BURSTMAP_SECRET_KEY"
+    )
+
+
+def encode_records(records: list[Record], key: bytes, job_id: str) -> bytes:
+    """One object holding several records: the group magic, then each signed record after its length."""
     parts = [GROUP_MAGIC]
     for record in records:
-        data = record.encode()
+        data = record.encode(key, job_id)
         parts += [len(data).to_bytes(8, "big"), data]
     return b"".join(parts)
 
 
-def decode_records(data: bytes) -> list[Record]:
-    """The records in a status object, one or a group; raise `RecordError` on anything else."""
+def decode_records(data: bytes, key: bytes, job_id: str) -> list[Record]:
+    """The verified records in a status object, one or a group; raise as `Record.decode` does."""
     if not data.startswith(GROUP_MAGIC):
-        return [Record.decode(data)]
+        return [Record.decode(data, key, job_id)]
     records, at = [], len(GROUP_MAGIC)
     while at < len(data):
         size = int.from_bytes(data[at:at + 8], "big")
         if at + 8 + size > len(data):
             raise RecordError("corrupt burstmap record group: truncated")
-        records.append(Record.decode(data[at + 8:at + 8 + size]))
+        records.append(Record.decode(data[at + 8:at + 8 + size], key, job_id))
         at += 8 + size
     return records
 
 
-def read_record(storage: Any, layout: Layout, call_id: int) -> Record:
-    """Read the record of one call, whether it was stored alone or in a group."""
+def read_record(storage: Any, key: bytes, layout: Layout, call_id: int) -> Record:
+    """Read and verify the record of one call, whether it was stored alone or in a group."""
     try:
-        return Record.decode(storage.get(layout.status(call_id)))
+        return Record.decode(storage.get(layout.status(call_id)), key, layout.job_id)
     except KeyError:
-        for key in storage.list(layout.status_chunk(call_id // CHUNK)):
-            ids = call_ids_of(key)
+        for name in storage.list(layout.status_chunk(call_id // CHUNK)):
+            ids = call_ids_of(name)
             if ids is not None and len(ids) > 1 and call_id in ids:
-                return next(r for r in decode_records(storage.get(key)) if r.call_id == call_id)
+                records = decode_records(storage.get(name), key, layout.job_id)
+                return next(r for r in records if r.call_id == call_id)
         raise
+
+
+def finished_calls(storage: Any, layout: Layout, call_ids: Iterable[int]) -> set[int]:
+    """Which of ``call_ids`` have a durable status: one LIST per status group they fall in."""
+    chunks = {call_id // CHUNK for call_id in call_ids}
+    return {i for chunk in chunks for name in storage.list(layout.status_chunk(chunk)) for i in call_ids_of(name) or ()}
+
+
+def new_job_id() -> str:
+    """A fresh job id: 96 random bits, so that two jobs never share one."""
+    return secrets.token_hex(12)
+
+
+def load_manifest(storage: Any, key: bytes, prefix: str, job_id: str) -> Manifest:
+    """The verified manifest of a job; `JobNotFoundError` if the store has none."""
+    layout = Layout(prefix, job_id)
+    try:
+        data = storage.get(layout.manifest)
+    except KeyNotFoundError:
+        raise JobNotFoundError(f"no job {job_id!r} under prefix {prefix!r} in {storage!r}; "
+                               "`burstmap jobs` lists the jobs there") from None
+    manifest = Manifest.decode(data, key, job_id)
+    if manifest.job_id != job_id or manifest.prefix != prefix:
+        raise RecordError(f"the manifest stored for job {job_id} describes another job")
+    return manifest
 
 
 def load_output(storage: Any, key: bytes, identity: str, record: Record) -> Any:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import registry
+from .config import load_config
 from .errors import ConfigError
 from .job import CallState
 from .stats import job_stats, stats
@@ -39,16 +41,17 @@ def _figure(width: float, height: float) -> Any:
     return figure
 
 
-def _report(source: Any, storage: Storage | None, prefix: str | None) -> dict[str, Any]:
+def _report(source: Any, storage: Storage | None, prefix: str | None, key: bytes | None) -> dict[str, Any]:
     if isinstance(source, dict):
         return source
+    config = load_config()
+    key = key or config.secret()
     if isinstance(source, str):
-        if storage is None or prefix is None:
-            from .executor import default_executor
-            executor = default_executor()
-            storage, prefix = storage or executor.storage, prefix or executor.config.prefix
-        return job_stats(storage, prefix, source)
-    return stats(source, storage)
+        if storage is None:
+            component = config.storage
+            storage = registry.load("storage", component.name)(**component.options)
+        return job_stats(storage, key, prefix or config.prefix, source)
+    return stats(source, key, storage)
 
 
 def _timeline(ax: Any, calls: Sequence[dict[str, Any]], submitted: float) -> None:
@@ -77,14 +80,15 @@ def _histogram(ax: Any, calls: Sequence[dict[str, Any]]) -> None:
 
 
 def plot(source: Sequence[Any] | str | dict[str, Any], path: str | os.PathLike, *,
-         storage: Storage | None = None, prefix: str | None = None) -> Path:
+         storage: Storage | None = None, prefix: str | None = None, key: bytes | None = None) -> Path:
     """Draw a job's timeline and duration histogram into one PNG at ``path``; return the path.
 
     Args:
         source: the futures of the calls, a job id (read from ``storage`` under ``prefix``, by
             default the configured ones), or a report from `burstmap.stats.job_stats`.
+        key: the secret key the job was signed with (default: the configured one).
     """
-    report = _report(source, storage, prefix)
+    report = _report(source, storage, prefix, key)
     summary = report["summary"]
     calls = [c for c in report["calls"] if c["end"] is not None]
     figure = _figure(10, 7)

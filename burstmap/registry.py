@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 
 from .errors import ConfigError
 
-__all__ = ["STORAGES", "BACKENDS", "load"]
+__all__ = ["STORAGES", "BACKENDS", "QUEUES", "load"]
 
 #: name -> (dotted path, extra that installs what it needs)
 STORAGES: dict[str, tuple[str, str | None]] = {
@@ -23,11 +23,19 @@ BACKENDS: dict[str, tuple[str, str | None]] = {
     "standalone": ("burstmap.backends.standalone:StandaloneBackend", None),
 }
 
-_GROUPS = {"storage": (STORAGES, "burstmap.storages"), "backend": (BACKENDS, "burstmap.backends")}
+#: URL scheme -> queue class, for the stand-alone backend and `burstmap worker`.
+QUEUES: dict[str, tuple[str, str | None]] = {
+    "redis": ("burstmap.queues.redis:RedisQueue", "redis"),
+    "rediss": ("burstmap.queues.redis:RedisQueue", "redis"),
+    "sqs": ("burstmap.queues.sqs:SQSQueue", "s3"),
+}
+
+_GROUPS = {"storage": (STORAGES, "burstmap.storages"), "backend": (BACKENDS, "burstmap.backends"),
+           "queue": (QUEUES, "burstmap.queues")}
 
 
 def load(kind: str, name: str) -> type:
-    """Import and return the class registered as ``name`` for ``kind`` ('storage' or 'backend')."""
+    """Import and return the class registered as ``name`` for ``kind`` ('storage', 'backend' or 'queue')."""
     table, group = _GROUPS[kind]
     if name not in table:
         for ep in entry_points(group=group):

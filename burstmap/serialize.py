@@ -15,6 +15,8 @@ import shutil
 import sys
 import sysconfig
 import tempfile
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
@@ -34,6 +36,8 @@ _installed_roots = tuple(
     | {sys.prefix, sys.base_prefix, sys.exec_prefix}
 )
 _user_modules_seen: tuple[int, list[ModuleType]] = (-1, [])
+_by_value_lock = threading.Lock()
+_by_value_count: Counter[str] = Counter()  # how many picklings in progress ship each module by value
 
 
 def _hmac(key: bytes, identity: str) -> Any:
@@ -98,19 +102,31 @@ def _user_modules() -> list[ModuleType]:
 
 @contextmanager
 def _user_modules_by_value() -> Iterator[None]:
-    """Ship the user's own modules by value for the duration of one pickling."""
+    """Ship the user's own modules by value for the duration of one pickling.
+
+    cloudpickle's registry is global, so registrations are counted: a module stays registered
+    while any thread still pickles with it, and two ``map`` calls at once never unregister each
+    other's modules mid-pickle (which would ship them by reference, unimportable by workers).
+    """
     registered = []
-    for module in _user_modules():
-        try:
-            cloudpickle.register_pickle_by_value(module)
-        except ValueError:
-            continue
-        registered.append(module)
+    with _by_value_lock:
+        for module in _user_modules():
+            if not _by_value_count[module.__name__]:
+                try:
+                    cloudpickle.register_pickle_by_value(module)
+                except ValueError:
+                    continue
+            _by_value_count[module.__name__] += 1
+            registered.append(module)
     try:
         yield
     finally:
-        for module in registered:
-            cloudpickle.unregister_pickle_by_value(module)
+        with _by_value_lock:
+            for module in registered:
+                _by_value_count[module.__name__] -= 1
+                if not _by_value_count[module.__name__]:
+                    del _by_value_count[module.__name__]
+                    cloudpickle.unregister_pickle_by_value(module)
 
 
 def dumps_function(func: Callable) -> bytes:

@@ -20,12 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import BurstmapError, KeyNotFoundError
-from .job import CallState, Layout, Manifest, Record, RecordError, call_ids_of, decode_records
+from .errors import JobNotFoundError, KeyNotFoundError, PayloadRejectedError
+from .job import CallState, Manifest, Record, RecordError, call_ids_of, decode_records, load_manifest
 from .storage.base import Storage
 
 __all__ = [
-    "CALL_FIELDS", "FAILED_STATES", "PRICE_PER_GB_SECOND", "gb_seconds", "JobNotFoundError", "JobRecords", "call_rows", "job_stats",
+    "CALL_FIELDS", "FAILED_STATES", "PRICE_PER_GB_SECOND", "gb_seconds", "JobRecords", "call_rows", "job_stats",
     "list_jobs", "stats", "summarize",
 ]
 
@@ -41,35 +41,24 @@ STRAGGLER_FACTOR = 2.0
 _FETCHERS = 16
 
 
-class JobNotFoundError(BurstmapError, KeyError):
-    """No manifest exists for a job id under a prefix."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "job not found"
-
-
 @dataclass
 class JobRecords:
     """A job's manifest and the status records found so far; `refresh` fetches only new ones."""
 
     storage: Storage
+    key: bytes
     manifest: Manifest
     records: dict[int, Record] = field(default_factory=dict)
     corrupt: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, storage: Storage, prefix: str, job_id: str) -> JobRecords:
-        """Read a job's manifest and every status record it has.
+    def load(cls, storage: Storage, key: bytes, prefix: str, job_id: str) -> JobRecords:
+        """Read and verify a job's manifest and every status record it has.
 
         Raises:
             JobNotFoundError: there is no job ``job_id`` under ``prefix``.
         """
-        layout = Layout(prefix, job_id)
-        try:
-            data = storage.get(layout.manifest)
-        except KeyNotFoundError:
-            raise JobNotFoundError(f"no job {job_id!r} under prefix {prefix!r} in {storage!r}") from None
-        job = cls(storage, Manifest.decode(data))
+        job = cls(storage, key, load_manifest(storage, key, prefix, job_id))
         job.refresh()
         return job
 
@@ -91,8 +80,8 @@ class JobRecords:
             if blob is None:
                 continue
             try:
-                records = {r.call_id: r for r in decode_records(blob)}
-            except RecordError as e:
+                records = {r.call_id: r for r in decode_records(blob, self.key, layout.job_id)}
+            except (RecordError, PayloadRejectedError) as e:
                 records = {}
                 self.corrupt.update((i, str(e)) for i in ids)
             for call_id in ids:
@@ -201,17 +190,17 @@ def _report(manifests: Sequence[Manifest], rows: list[dict[str, Any]]) -> dict[s
     }
 
 
-def job_stats(storage: Storage, prefix: str, job_id: str) -> dict[str, Any]:
+def job_stats(storage: Storage, key: bytes, prefix: str, job_id: str) -> dict[str, Any]:
     """Statistics of one job read from the store: ``{"job_ids", "functions", "summary", "calls"}``.
 
     Raises:
         JobNotFoundError: there is no such job.
     """
-    job = JobRecords.load(storage, prefix, job_id)
+    job = JobRecords.load(storage, key, prefix, job_id)
     return _report([job.manifest], call_rows(job.manifest, job.records, job.corrupt))
 
 
-def stats(futures: Iterable[Any], storage: Storage | None = None) -> dict[str, Any]:
+def stats(futures: Iterable[Any], key: bytes, storage: Storage | None = None) -> dict[str, Any]:
     """Statistics of the calls behind some futures, from the records they hold (same shape as `job_stats`).
 
     Each job's manifest is read from ``storage`` (by default the store the futures read from).
@@ -225,7 +214,7 @@ def stats(futures: Iterable[Any], storage: Storage | None = None) -> dict[str, A
     manifests, rows = [], []
     for group in by_job.values():
         store = storage or group[0].storage
-        manifest = Manifest.decode(store.get(group[0].layout.manifest))
+        manifest = load_manifest(store, key, group[0].layout.prefix, group[0].job_id)
         records = {f.call_id: f.record for f in group if f.record is not None}
         corrupt = [f.call_id for f in group if f.record is None and f.done() and isinstance(f.exception(), RecordError)]
         wanted = {f.call_id for f in group}
@@ -234,13 +223,13 @@ def stats(futures: Iterable[Any], storage: Storage | None = None) -> dict[str, A
     return _report(manifests, rows)
 
 
-def list_jobs(storage: Storage, prefix: str) -> list[JobRecords | tuple[str, str]]:
+def list_jobs(storage: Storage, key: bytes, prefix: str) -> list[JobRecords | tuple[str, str]]:
     """Every job under ``prefix`` with its records, oldest first; an unreadable manifest is ``(job_id, error)``."""
     jobs: list[JobRecords | tuple[str, str]] = []
-    for key in storage.list(f"{prefix}/manifests/"):
-        job_id = key.rpartition("/")[2].removesuffix(".json")
+    for name in storage.list(f"{prefix}/manifests/"):
+        job_id = name.rpartition("/")[2].removesuffix(".json")
         try:
-            jobs.append(JobRecords.load(storage, prefix, job_id))
-        except (RecordError, KeyNotFoundError) as e:
+            jobs.append(JobRecords.load(storage, key, prefix, job_id))
+        except (RecordError, JobNotFoundError) as e:
             jobs.append((job_id, str(e)))
     return sorted(jobs, key=lambda j: j.manifest.submitted if isinstance(j, JobRecords) else 0.0)

@@ -4,25 +4,35 @@ One thread per executor. Each poll lists only the status groups (1,000 calls eac
 have calls pending: one LIST per group per poll, never one GET per pending call. A call's record
 is fetched once, when it appears. Polls are quick just after a job starts or a call finishes, then
 back off while nothing does.
+
+The watcher is also the executor's `CallBoard`: backends ask it which calls are still wanted
+right before handing them to a worker, and tell it about calls whose outcome cannot reach the store.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 
-from .errors import PayloadRejectedError, StorageError
+from .errors import BurstmapError, PayloadRejectedError, SerializationError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error
 from .job import CHUNK, CallState, Layout, Record, RecordError, call_ids_of, decode_records, load_output
 from .storage.base import Storage
 
 __all__ = ["Watcher", "finish"]
 
+log = logging.getLogger(__name__)
+
 _MIN_INTERVAL = 0.0005
 _MAX_INTERVAL = 0.1
 _BACKOFF = 1.25
 _EAGER = 0.005  # poll at the shortest interval this long after a job starts or a call finishes
+_OUTAGES = (StorageError, OSError)  # what a store raises while it is unreachable: waited out
+
+#: The futures of one job's calls that still wait for a record; several for a call attached twice.
+Calls = dict[int, list[ResponseFuture]]
 
 
 def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record) -> None:
@@ -33,21 +43,41 @@ def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record)
         future._finish(record, error=rebuild_error(record, None, False))
         return
     if record.output_key and record.state is CallState.OK:
-        future._finish(record, Deferred(lambda: load_output(storage, key, identity, record)))
+        future._finish(record, Deferred(lambda: _load_large(storage, key, identity, record)))
         return
     try:
         value, loaded = load_output(storage, key, identity, record), True
     except PayloadRejectedError as e:
         future._finish(record, error=e)
         return
-    except StorageError:
+    except _OUTAGES:
         raise
-    except Exception as e:
+    except BaseException as e:  # unpickling runs the payload's code: it may raise anything, SystemExit too
         value, loaded = f"{type(e).__name__}: {e}", False
     if record.state is CallState.OK and loaded:
         future._finish(record, value)
     else:
         future._finish(record, error=rebuild_error(record, value, loaded))
+
+
+def _load_large(storage: Storage, key: bytes, identity: str, record: Record) -> object:
+    """Load a result kept in its own object; a ``SystemExit`` or the like raised while unpickling it is reported."""
+    try:
+        return load_output(storage, key, identity, record)
+    except (Exception, KeyboardInterrupt):
+        raise
+    except BaseException as e:
+        raise SerializationError(f"the result of {identity} could not be unpickled here: "
+                                 f"{type(e).__name__}: {e}") from e
+
+
+def _reportable(error: BaseException) -> Exception:
+    """An unexpected error as a future may raise it: a ``SystemExit`` or the like is wrapped, not re-raised."""
+    if isinstance(error, Exception):
+        return error
+    wrapped = BurstmapError(f"watching the calls failed: {type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 class Watcher:
@@ -57,50 +87,87 @@ class Watcher:
         self.outage_limit = outage_limit
         self._storage = storage
         self._key = key
-        self._jobs: dict[str, tuple[Layout, dict[int, ResponseFuture]]] = {}
+        self._jobs: dict[str, tuple[Layout, Calls]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
 
     def watch(self, layout: Layout, futures: Iterable[ResponseFuture]) -> None:
-        """Start watching futures of one job."""
+        """Start watching futures of one job (a call may have several futures: the job was attached again)."""
         with self._lock:
-            pending = self._jobs.setdefault(layout.job_id, (layout, {}))[1]
-            pending.update((f.call_id, f) for f in futures)
+            if self._stopped:
+                raise RuntimeError("cannot watch calls after the executor was shut down")
+            calls = self._jobs.setdefault(layout.job_id, (layout, {}))[1]
+            for future in futures:
+                calls.setdefault(future.call_id, []).append(future)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="burstmap-watcher", daemon=True)
                 self._thread.start()
         self._wake.set()
 
-    def _fail_all(self, error: Exception) -> None:
-        """The store stayed unreachable: every pending call fails with one line that says so."""
+    def take(self, job_id: str, call_ids: Sequence[int]) -> list[int]:
+        """The `CallBoard` side: mark calls as handed to a worker; return those some future still wants."""
         with self._lock:
-            jobs, self._jobs = self._jobs, {}
-        failure = StorageError(f"store {self._storage!r} unreachable for over {self.outage_limit:g}s: {error}")
-        for _, pending in jobs.values():
-            for future in pending.values():
-                future.set_exception(failure)
+            calls = self._jobs.get(job_id, (None, {}))[1]
+            chosen = {i: list(calls.get(i, ())) for i in call_ids}
+        return [i for i, futures in chosen.items() if any([f.take() for f in futures])]  # a list: take them all
+
+    def fail(self, job_id: str, call_ids: Sequence[int], error: BaseException) -> None:
+        """The `CallBoard` side: finish calls with ``error`` because their outcome cannot reach the store."""
+        with self._lock:
+            calls = self._jobs.get(job_id, (None, {}))[1]
+            futures = [f for i in call_ids for f in calls.pop(i, ())]
+        for future in futures:
+            future._finish(None, error=error)
 
     def pending(self) -> list[ResponseFuture]:
-        """The futures still waiting for their call's record."""
+        """The futures still waiting for their call's record (neither finished nor cancelled)."""
         with self._lock:
-            return [f for _, futures in self._jobs.values() for f in list(futures.values())]
+            futures = [f for _, calls in self._jobs.values() for fs in calls.values() for f in fs]
+        return [f for f in futures if not f.done()]
 
-    def stop(self) -> None:
-        self._stopped = True
+    def close(self, error: Callable[[str], BaseException]) -> None:
+        """Stop watching: finish what the store already holds, then fail every other future with ``error(job_id)``."""
+        with self._lock:
+            self._stopped = True
+            thread = self._thread
         self._wake.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        try:
+            self._poll()
+        except Exception as e:
+            log.warning("burstmap: could not read the last outcomes from %r while shutting down: %s",
+                        self._storage, e)
+        self._fail_all(error)
+
+    def _fail_all(self, error: Callable[[str], BaseException]) -> None:
+        """Finish every future still watched with a fresh ``error(job_id)`` each, and forget them."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, {}
+        for job_id, (_, calls) in jobs.items():
+            for futures in calls.values():
+                for future in futures:
+                    future._finish(None, error=error(job_id))
 
     def _loop(self) -> None:
+        """Poll until stopped. Nothing ends it: an unexpected error is logged and fails the futures watched."""
         interval, outage, active = _MIN_INTERVAL, None, time.monotonic()
         while not self._stopped:
             try:
                 found, listing = self._poll()
                 outage = None
-            except Exception as e:
+            except _OUTAGES as e:
                 outage = outage or time.monotonic()
                 if time.monotonic() - outage > self.outage_limit:
-                    self._fail_all(e)
+                    unreachable = self._unreachable(e)
+                    self._fail_all(lambda _: unreachable)
+                found, listing = 0, 0.0
+            except BaseException as e:
+                log.exception("burstmap: watching %r failed; the calls watched fail with the error", self._storage)
+                failure = _reportable(e)
+                self._fail_all(lambda _: failure)
                 found, listing = 0, 0.0
             if found:
                 active, interval = time.monotonic(), max(_MIN_INTERVAL, 4 * listing)
@@ -110,48 +177,63 @@ class Watcher:
                 active, interval = time.monotonic(), _MIN_INTERVAL
             self._wake.clear()
 
-    def _finish_key(self, key: str, pending: dict[int, ResponseFuture]) -> int:
-        """Finish the pending futures whose records a status key holds; return how many."""
-        futures = [pending.pop(i) for i in call_ids_of(key) or () if i in pending]
-        if not futures:
+    def _unreachable(self, error: BaseException) -> StorageError:
+        """The store stayed unreachable: every pending call fails with one line that says so."""
+        return StorageError(f"store {self._storage!r} unreachable for over {self.outage_limit:g}s: {error}")
+
+    def _finish_key(self, job_id: str, key: str, calls: Calls) -> int:
+        """Finish the waiting futures whose records a status key holds; return how many calls."""
+        with self._lock:
+            taken = {i: calls.pop(i) for i in call_ids_of(key) or () if i in calls}
+        if not taken:
             return 0
         try:
-            data = self._storage.get(key)
-        except Exception:
-            pending.update((f.call_id, f) for f in futures)
+            self._finish_calls(job_id, key, taken)
+        except _OUTAGES:
+            with self._lock:
+                for i, futures in taken.items():
+                    calls.setdefault(i, []).extend(f for f in futures if not f.done())
             raise
+        return len(taken)
+
+    def _finish_calls(self, job_id: str, key: str, taken: Calls) -> None:
+        """Finish the futures of the calls a status key holds; one that cannot be finished fails."""
+        data = self._storage.get(key)
         try:
-            records = {r.call_id: r for r in decode_records(data)}
-        except RecordError as e:
+            records = {r.call_id: r for r in decode_records(data, self._key, job_id)}
+        except (RecordError, PayloadRejectedError) as e:
+            for future in (f for futures in taken.values() for f in futures):
+                future._finish(None, error=type(e)(f"{key}: {e}"))
+            return
+        for call_id, futures in taken.items():
+            record = records.get(call_id)
             for future in futures:
-                future.set_exception(RecordError(f"{key}: {e}"))
-            return len(futures)
-        for future in futures:
-            record = records.get(future.call_id)
-            try:
-                if record is None:
-                    raise RecordError(f"{key} holds no record of call {future.call_id}")
-                finish(future, self._storage, self._key, record)
-            except Exception as e:
-                future.set_exception(e)
-        return len(futures)
+                try:
+                    if record is None:
+                        raise RecordError(f"{key} holds no record of call {call_id}")
+                    finish(future, self._storage, self._key, record)
+                except _OUTAGES:
+                    raise
+                except BaseException as e:
+                    future._finish(record, error=e)
 
     def _poll(self) -> tuple[int, float]:
         """Finish what has appeared; return how many, and the seconds spent listing."""
         with self._lock:
             jobs = list(self._jobs.values())
         found, listing = 0, 0.0
-        for layout, pending in jobs:
-            for chunk in sorted({call_id // CHUNK for call_id in list(pending)}):
+        for layout, calls in jobs:
+            with self._lock:
+                for call_id in [i for i, futures in calls.items() if all(f.done() for f in futures)]:
+                    del calls[call_id]  # cancelled: no record will come
+                chunks = sorted({call_id // CHUNK for call_id in calls})
+            for chunk in chunks:
                 began = time.perf_counter()
                 keys = list(self._storage.list(layout.status_chunk(chunk)))
                 listing += time.perf_counter() - began
                 for key in keys:
-                    found += self._finish_key(key, pending)
-            if not pending:
-                with self._lock:
-                    if not self._jobs.get(layout.job_id, (None, True))[1]:
-                        del self._jobs[layout.job_id]
+                    found += self._finish_key(layout.job_id, key, calls)
+            with self._lock:
+                if not calls and self._jobs.get(layout.job_id, (None, None))[1] is calls:
+                    del self._jobs[layout.job_id]
         return found, listing
-
-

@@ -15,16 +15,16 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from .errors import PayloadRejectedError
-from .job import CHUNK, CallState, Layout, OutputRefs, Record, encode_records, load_output, read_record
+from .errors import KeyNotFoundError, PayloadRejectedError, StorageError
+from .job import CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_records, load_output, read_record
 from .piece import DataPiece
 from .serialize import MAC_SIZE, Spool, loads, spool_value
+from .storage import Patient
 from .storage.base import Storage
 
-__all__ = ["Task", "Handler", "INLINE_LIMIT"]
+__all__ = ["Handler", "INLINE_LIMIT"]
 
 #: Results up to this size live inside the status record; larger ones get their own object.
 INLINE_LIMIT = 1 << 20
@@ -32,20 +32,11 @@ _MAX_GROUP = 256
 _HOST = socket.gethostname()
 
 
-@dataclass(frozen=True)
-class Task:
-    """One attempt of one call, as a backend hands it to a worker."""
-
-    prefix: str
-    job_id: str
-    call_id: int
-    start: int
-    end: int
-    attempt: int = 1
-
-
 class Handler:
-    """Runs tasks against a store; caches each job's function and small data objects.
+    """Runs tasks against a store; caches each job's function and reads each batch's inputs at once.
+
+    Its store waits out outages (`Patient`): a store down for less than the outage limit costs time,
+    never a result; one down for longer ends the delivery with a `StorageError`, never the call.
 
     With a ``group_window`` (seconds), the records of quick consecutive calls are written together
     as one object, a group commit: a finished call waits at most that long for company. Calls that
@@ -53,16 +44,17 @@ class Handler:
     """
 
     def __init__(self, storage: Storage, key: bytes, worker: str = "", group_window: float = 0.0) -> None:
-        self.storage = storage
+        self.storage = storage if isinstance(storage, Patient) else Patient(storage)
         self._key = key
         self.worker = worker or f"{_HOST}:{os.getpid()}"
         self.group_window = group_window
         self._functions: OrderedDict[str, Any] = OrderedDict()
-        self._data: OrderedDict[str, bytes] = OrderedDict()
+        self._window: tuple[str, int, bytes] | None = None
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[int], None] | None = None,
             on_durable: Callable[[int], None] | None = None) -> None:
         """Run tasks in order; ``on_start(i)`` before the i-th starts, ``on_durable(n)`` once the first n are stored."""
+        self._prefetch(tasks)
         group: list[tuple[Task, Record]] = []
         for i, task in enumerate(tasks):
             if on_start:
@@ -96,6 +88,8 @@ class Handler:
             record.state, record.error = CallState.REJECTED, _error_fields(e)
             return self._complete(task, record)
         except Exception as e:
+            if isinstance(e, StorageError) and not isinstance(e, KeyNotFoundError):
+                raise  # an unreachable store is never a call's result: the delivery ends instead
             record.state, record.error = CallState.ERROR, _error_fields(e)
             self._store_value(task, e, record)
             return self._complete(task, record)
@@ -161,9 +155,10 @@ class Handler:
         first, last = group[0][0], group[-1][0]
         layout = Layout(first.prefix, first.job_id)
         if len(group) == 1:
-            self.storage.put(layout.status(first.call_id), group[0][1].encode())
+            self.storage.put(layout.status(first.call_id), group[0][1].encode(self._key, first.job_id))
         else:
-            self.storage.put(layout.status_group(first.call_id, last.call_id), encode_records([r for _, r in group]))
+            blob = encode_records([r for _, r in group], self._key, first.job_id)
+            self.storage.put(layout.status_group(first.call_id, last.call_id), blob)
 
     def _function(self, task: Task) -> Callable:
         func = self._functions.get(task.job_id)
@@ -175,17 +170,21 @@ class Handler:
                 self._functions.popitem(last=False)
         return func
 
+    def _prefetch(self, tasks: Sequence[Task]) -> None:
+        """Read the inputs of a batch of one job with one ranged read, not one read per call."""
+        self._window = None
+        if len(tasks) < 2 or any(t.job_id != tasks[0].job_id for t in tasks):
+            return
+        start, end = min(t.start for t in tasks), max(t.end for t in tasks)
+        if end - start <= 8 * INLINE_LIMIT:
+            data = self.storage.get_range(Layout(tasks[0].prefix, tasks[0].job_id).data, start, end)
+            self._window = (tasks[0].job_id, start, data)
+
     def _input(self, task: Task) -> bytes:
-        key = Layout(task.prefix, task.job_id).data
-        data = self._data.get(task.job_id)
-        if data is None and task.start == 0:
-            if self.storage.size(key) <= 8 * INLINE_LIMIT:
-                data = self._data[task.job_id] = self.storage.get(key)
-                if len(self._data) > 4:
-                    self._data.popitem(last=False)
-        if data is not None:
-            return data[task.start:task.end]
-        return self.storage.get_range(key, task.start, task.end)
+        window = self._window
+        if window and window[0] == task.job_id and window[1] <= task.start and task.end <= window[1] + len(window[2]):
+            return window[2][task.start - window[1]:task.end - window[1]]
+        return self.storage.get_range(Layout(task.prefix, task.job_id).data, task.start, task.end)
 
     def _resolve(self, arg: Any) -> Any:
         if isinstance(arg, DataPiece):
@@ -196,7 +195,7 @@ class Handler:
 
     def load_result(self, prefix: str, job_id: str, call_id: int) -> Any:
         """Load another call's result from its record; re-raise its error if it failed."""
-        record = read_record(self.storage, Layout(prefix, job_id), call_id)
+        record = read_record(self.storage, self._key, Layout(prefix, job_id), call_id)
         value = load_output(self.storage, self._key, f"{job_id}/out/{call_id}", record)
         if record.state is not CallState.OK:
             raise value

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import boto3
 
-from burstmap.job import Layout, call_ids_of
+from burstmap.job import Layout, finished_calls
 from burstmap.storage.s3 import S3Storage
 
 __all__ = ["EmulatedInvoker", "deploy_function", "HMAC_KEY", "REGION", "FUNCTION"]
@@ -30,7 +30,7 @@ import json, sys, time, uuid
 import burstmap
 if sys.argv[3]:
     burstmap.__version__ = sys.argv[3]
-from burstmap.backends.aws_lambda import handler
+from burstmap.lambda_handler import handler
 
 class Context:
     function_name = "burstmap-test"
@@ -101,10 +101,9 @@ class EmulatedInvoker:
 
     def _outstanding(self, payload: bytes) -> int:
         """Invocations sent earlier that still miss a status, plus this one."""
-        event = json.loads(payload)
-        names = self.storage.list(Layout(event["prefix"], event["job_id"]).status_prefix)
-        done = {i for key in names for i in call_ids_of(key) or ()}
-        sent = [{call[0] for call in json.loads(p)["calls"]} for p in self.payloads]
+        prefix, job_id, _ = _batch(payload)
+        sent = [{call[0] for call in _batch(p)[2]} for p in self.payloads]
+        done = finished_calls(self.storage, Layout(prefix, job_id), set().union(*sent))
         return 1 + sum(1 for calls in sent if calls - done)
 
     def join(self) -> None:
@@ -112,9 +111,14 @@ class EmulatedInvoker:
             thread.join()
 
     def calls(self) -> list[list[int]]:
-        return [call for p in self.payloads for call in json.loads(p)["calls"]]
+        """``[call_id, start, end, attempt]`` of every call sent, in the order sent."""
+        return [call for p in self.payloads for call in _batch(p)[2]]
 
 
+def _batch(payload: bytes) -> tuple[str, str, list[list[int]]]:
+    """What the signed batch of an event holds, read without its key: prefix, job id and calls."""
+    body = json.loads(json.loads(payload)["batch"].partition(".")[2])
+    return body["prefix"], body["job"], body["calls"]
 
 
 def deploy_function(endpoint: str, name: str, bucket: str) -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,22 +19,26 @@ from botocore.stub import Stubber
 
 import burstmap
 from burstmap import registry
-from burstmap.backends.aws_lambda import (
-    BotoInvoker,
-    LambdaBackend,
-    LambdaError,
-    VersionMismatchError,
-    estimate_cost,
-    lambda_client,
-    with_backoff,
+from burstmap.aws import BotoInvoker, LambdaError, lambda_client, with_backoff
+from burstmap.backends.aws_lambda import LambdaBackend, estimate_cost
+from burstmap.errors import (
+    CallTimeoutError,
+    ConfigError,
+    PayloadRejectedError,
+    WorkerDiedError,
 )
-from burstmap.errors import CallTimeoutError, ConfigError, WorkerDiedError
-from burstmap.job import CallState, Manifest, Record
+from burstmap.job import Batch, CallState, Manifest, Record, Task
+from burstmap.lambda_handler import PYTHON, handler, make_event
 from burstmap.storage.local import LocalStorage
 from burstmap.storage.s3 import S3Storage
-from burstmap.worker import Task
 
-from .lambda_emulator import FUNCTION, HMAC_KEY, REGION, EmulatedInvoker, deploy_function
+from .lambda_emulator import (
+    FUNCTION,
+    HMAC_KEY,
+    REGION,
+    EmulatedInvoker,
+    deploy_function,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_AWS_SECRET = "FAKEawsSECRET/never+travels0123456789abcd"
@@ -132,26 +137,166 @@ def test_lost_invocation_is_retried_then_recorded_as_died(aws: str) -> None:
     assert [call[3] for call in invoker.calls()] == [1, 2]
 
 
-def test_version_mismatch_fails_every_call_with_a_redeploy_hint(aws: str) -> None:
+def test_version_mismatch_refuses_every_call_with_a_redeploy_hint(aws: str) -> None:
     invoker = EmulatedInvoker(timeout=30, deployed_version="0.0.1")
     with _executor(aws, invoker) as ex:
         futures = ex.map(square, range(3))
         errors = [f.exception(timeout=60) for f in futures]
-    assert all(isinstance(e, VersionMismatchError) for e in errors)
+    assert all(isinstance(e, PayloadRejectedError) for e in errors)
+    assert all(f.record.state is CallState.REJECTED for f in futures)
+    assert f"worker lambda:{FUNCTION} refused the call" in str(errors[0])
     assert f"client runs burstmap {burstmap.__version__}" in str(errors[0])
     assert "function runs burstmap 0.0.1" in str(errors[0]) and "burstmap lambda deploy" in str(errors[0])
 
 
 def test_failed_invoke_fails_its_calls(aws: str) -> None:
-    class Refusing:
-        def invoke(self, payload: bytes) -> None:
-            raise LambdaError("Lambda function 'x' on invoke: KMSDisabledException")
-
     storage = S3Storage("lambda-jobs", endpoint_url=aws)
     backend = LambdaBackend(FUNCTION, REGION, aws, invoker=Refusing(), poll_interval=0.05)
     with burstmap.Executor(backend=backend, storage=storage, secret_key=HMAC_KEY, progress=False) as ex:
         with pytest.raises(LambdaError, match="KMSDisabledException"):
             ex.map(square, [1, 2])[1].result(timeout=30)
+
+
+class Refusing:
+    """An invoker the Lambda control plane turns down."""
+
+    def invoke(self, payload: bytes) -> None:
+        raise LambdaError("Lambda function 'x' on invoke: KMSDisabledException")
+
+
+class Lost:
+    """An invoker whose invocations are accepted and never run."""
+
+    def __init__(self) -> None:
+        self.payloads: list[bytes] = []
+
+    def invoke(self, payload: bytes) -> None:
+        self.payloads.append(payload)
+
+
+class Board:
+    """A `CallBoard` that wants every call and notes, per call, the error it was failed with."""
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.failed: dict[int, BaseException] = {}
+        self.all_failed = threading.Event()
+        self._lock = threading.Lock()
+
+    def take(self, job_id: str, call_ids: list[int]) -> list[int]:
+        return list(call_ids)
+
+    def fail(self, job_id: str, call_ids: list[int], error: BaseException) -> None:
+        with self._lock:
+            self.failed.update((call_id, error) for call_id in call_ids)
+            if len(self.failed) >= self.expected:
+                self.all_failed.set()
+
+
+class FaultyS3(S3Storage):
+    """The real S3 store with one operation failing with an error that is no storage error (a bug)."""
+
+    def __init__(self, *args: object, failing: str, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.failing = failing
+
+    def list(self, prefix: str) -> Iterator[str]:
+        if self.failing == "list":
+            raise RuntimeError("injected listing fault")
+        return super().list(prefix)
+
+    def put(self, key: str, data: bytes) -> None:
+        if self.failing == "put":
+            raise RuntimeError("injected write fault")
+        super().put(key, data)
+
+
+def _started(aws: str, storage: S3Storage, board: Board, invoker: object) -> LambdaBackend:
+    backend = LambdaBackend(FUNCTION, REGION, aws, concurrency=1, poll_interval=0.05, invoker=invoker)
+    backend.start(storage, HMAC_KEY.encode(), board)
+    return backend
+
+
+MANIFEST = Manifest("job-of-3", "direct", "square", (0, 10, 20, 30), 0.0, "here")
+
+
+def test_monitor_that_cannot_list_fails_the_calls_it_holds(aws: str) -> None:
+    board = Board(expected=3)
+    backend = _started(aws, FaultyS3("lambda-jobs", endpoint_url=aws, failing="list"), board, Lost())
+    try:
+        backend.run(MANIFEST, range(3))
+        assert board.all_failed.wait(60), f"only {sorted(board.failed)} failed"
+    finally:
+        backend.shutdown()
+    assert sorted(board.failed) == [0, 1, 2]
+    error = board.failed[2]
+    assert "lambda backend's monitor failed (RuntimeError: injected listing fault)" in str(error)
+    assert isinstance(error.__cause__, RuntimeError)
+
+
+def test_calls_neither_sent_nor_recorded_fail_their_futures(aws: str) -> None:
+    board = Board(expected=3)
+    backend = _started(aws, FaultyS3("lambda-jobs", endpoint_url=aws, failing="put"), board, Refusing())
+    try:
+        backend.run(MANIFEST, range(3))
+        assert board.all_failed.wait(60), f"only {sorted(board.failed)} failed"
+    finally:
+        backend.shutdown()
+    assert all(isinstance(e, LambdaError) and "KMSDisabledException" in str(e) for e in board.failed.values())
+
+
+def touch(path: str) -> str:
+    Path(path).touch()
+    return path
+
+
+def test_function_with_another_key_refuses_the_calls_and_runs_nothing(aws: str, tmp_path: Path) -> None:
+    invoker = EmulatedInvoker(timeout=30, secret="another-key-0123456789abcdef")
+    marks = [str(tmp_path / f"ran-{i}") for i in range(3)]
+    with _executor(aws, invoker) as ex:
+        futures = ex.map(touch, marks)
+        errors = [f.exception(timeout=60) for f in futures]
+    for error in errors:
+        assert isinstance(error, PayloadRejectedError)
+        assert f"worker 'lambda:{FUNCTION}' refused it" in str(error) and "BURSTMAP_SECRET_KEY" in str(error)
+    assert not any(Path(mark).exists() for mark in marks)
+
+
+class Gated(EmulatedInvoker):
+    """The emulated function, whose first invocation waits until the test lets it go."""
+
+    def __init__(self, **options: object) -> None:
+        super().__init__(**options)
+        self.first = threading.Event()
+        self.go = threading.Event()
+
+    def invoke(self, payload: bytes) -> None:
+        if not self.first.is_set():
+            self.first.set()
+            assert self.go.wait(60)
+        super().invoke(payload)
+
+
+def test_cancelled_calls_are_never_invoked(aws: str) -> None:
+    invoker = Gated(timeout=30)
+    with _executor(aws, invoker, concurrency=1, calls_per_invoke=1) as ex:
+        futures = ex.map(square, range(5))
+        assert invoker.first.wait(60)
+        assert all(f.cancel() for f in futures[1:4])
+        invoker.go.set()
+        assert (futures[0].result(timeout=60), futures[4].result(timeout=60)) == (0, 16)
+    invoker.join()
+    assert [call[0] for call in invoker.calls()] == [0, 4]
+
+
+def test_an_event_that_is_no_batch_runs_and_records_nothing(aws: str) -> None:
+    storage = S3Storage("lambda-jobs", endpoint_url=aws)
+    event = {"burstmap": burstmap.__version__, "python": PYTHON, "batch": "00.{not json",
+             "store": {"bucket": "lambda-jobs", "endpoint_url": aws, "region": None}}
+    before = set(storage.list(""))
+    reply = handler(event, None)
+    assert reply["calls"] == 0 and "BURSTMAP_SECRET_KEY" in reply["error"]
+    assert set(storage.list("")) == before
 
 
 def test_no_secret_travels_in_events_or_errors(aws: str) -> None:
@@ -201,11 +346,9 @@ def test_start_without_credentials_says_so(aws: str, monkeypatch: pytest.MonkeyP
 def test_oversized_batches_are_refused_before_any_job() -> None:
     with pytest.raises(ConfigError, match="256 KiB"):
         LambdaBackend(calls_per_invoke=5000)
-    backend = LambdaBackend()
-    backend.storage = S3Storage("b")
-    manifest = Manifest("j", "p", "f", (0, 1), 0.0, "h")
+    batch = Batch("p", "j", tuple(Task("p", "j", 10**12 + i, 10**12, 10**12 + 1) for i in range(6000)))
     with pytest.raises(LambdaError, match="over Lambda's 256 KiB limit"):
-        backend.event(manifest, [Task("p", "j", 10**12 + i, 10**12, 10**12 + 1) for i in range(6000)])
+        make_event(S3Storage("b"), batch, b"k")
 
 
 def _stubbed_invoker(codes: list[str]) -> tuple[BotoInvoker, Stubber, list[float]]:
@@ -300,7 +443,7 @@ def test_deploy_creates_updates_and_removes_the_function(aws: str) -> None:
     assert "created IAM role made-role" in created.stdout and "created Lambda function deployed" in created.stdout
     client = boto3.client("lambda", endpoint_url=aws)
     configuration = client.get_function(FunctionName="deployed")["Configuration"]
-    assert configuration["Handler"] == "burstmap.backends.aws_lambda.handler"
+    assert configuration["Handler"] == "burstmap.lambda_handler.handler"
     assert (configuration["MemorySize"], configuration["Timeout"]) == (2048, 60)
     assert configuration["Environment"]["Variables"]["BURSTMAP_SECRET_KEY"] == HMAC_KEY
     assert client.get_function_event_invoke_config(FunctionName="deployed")["MaximumRetryAttempts"] == 0

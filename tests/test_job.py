@@ -1,23 +1,68 @@
-"""Status records and manifests: they round-trip, and anything else raises `RecordError`."""
+"""Status records, manifests and batches: they round-trip signed, and a change to any byte is refused."""
 
 from __future__ import annotations
 
+import pytest
 
-from burstmap.job import CallState, Layout, Manifest, Record
+from burstmap.errors import PayloadRejectedError
+from burstmap.job import Batch, CallState, Layout, Manifest, Record, RecordError, decode_records, new_job_id
+
+KEY = b"k" * 32
 
 
 def test_record_round_trip():
     record = Record(7, CallState.ERROR, attempt=2, start=1.0, end=2.5, host="h", worker="w", pid=3,
                     error={"type": "ValueError", "message": "m", "traceback": "t"}, log=b"printed\n",
                     output=b"\x00\x01result")
-    back = Record.decode(record.encode())
+    back = Record.decode(record.encode(KEY, "job-1"), KEY, "job-1")
     assert back == record and back.duration == 1.5
+
+
+def test_a_status_header_flipped_from_error_to_ok_is_refused():
+    blob = Record(3, CallState.ERROR, error={"type": "ValueError", "message": "m", "traceback": ""}).encode(KEY, "j")
+    forged = blob.replace(b'"state": "error"', b'"state": "ok"   ')
+    assert forged != blob
+    with pytest.raises(RecordError, match="failed HMAC verification"):
+        decode_records(forged, KEY, "j")
+    with pytest.raises(RecordError):
+        decode_records(blob, KEY, "another-job")
+
+
+def test_a_refusal_signed_with_another_key_names_the_worker_and_the_likely_cause():
+    blob = Record(4, CallState.REJECTED, worker="host:77/0").encode(b"the worker's own key", "j")
+    with pytest.raises(PayloadRejectedError, match=r"worker 'host:77/0' refused it.*BURSTMAP_SECRET_KEY"):
+        decode_records(blob, KEY, "j")
 
 
 def test_manifest_round_trip_and_ranges():
     manifest = Manifest("job-1", "pre", "mod.f", (0, 10, 25), 1.0, "host", timeout=5.0)
-    back = Manifest.decode(manifest.encode())
+    back = Manifest.decode(manifest.encode(KEY), KEY, "job-1")
     assert back == manifest and back.n_calls == 2 and back.data_range(1) == (10, 25)
+
+
+def test_a_manifest_edited_or_moved_to_another_job_is_refused():
+    blob = Manifest("job-1", "pre", "mod.f", (0, 10, 25), 1.0, "host").encode(KEY)
+    for forged, job_id in ((blob.replace(b"[0, 10, 25]", b"[0, 10]    "), "job-1"),
+                           (blob.replace(b'"job-1"', b'"job-2"'), "job-2"), (blob, "job-2")):
+        with pytest.raises(RecordError, match="failed HMAC verification"):
+            Manifest.decode(forged, KEY, job_id)
+
+
+def test_batch_round_trip_and_forgeries():
+    manifest = Manifest("job-1", "pre", "f", (0, 10, 20, 30), 1.0, "host", timeout=3.0, max_retries=1)
+    batch = Batch.of(manifest, [1, 2], {2: 3})
+    back = Batch.decode(KEY, batch.encode(KEY))
+    assert back == batch and [(t.call_id, t.start, t.end, t.attempt) for t in back.tasks] == [(1, 10, 20, 1), (2, 20, 30, 3)]
+    with pytest.raises(PayloadRejectedError):
+        Batch.decode(b"another key", batch.encode(KEY))
+    with pytest.raises(PayloadRejectedError):
+        Batch.decode(KEY, batch.encode(KEY).replace(b'"pre"', b'"evil"'))
+    assert Batch.peek(batch.encode(b"another key")).job_id == "job-1"
+
+
+def test_job_ids_carry_96_random_bits():
+    ids = {new_job_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
 
 
 def test_layout_groups_statuses_by_thousand():

@@ -14,7 +14,7 @@ from matplotlib.image import imread
 from burstmap.plot import COLORS, plot
 from burstmap.storage.local import LocalStorage
 
-from .real_jobs import N_CALLS, new_executor, square, unstarted_job, wait_done
+from .real_jobs import N_CALLS, SECRET, new_executor, square, unstarted_job, wait_done
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def has_color(pixels: np.ndarray, color: str) -> bool:
 
 
 def test_plot_of_futures_draws_both_outcomes(futures, tmp_path):
-    path = plot(futures, tmp_path / "job.png")
+    path = plot(futures, tmp_path / "job.png", key=SECRET.encode())
     pixels = imread(path)
     assert pixels.shape[:2] == (700, 1000)
     assert pixels[..., :3].std() > 0.05
@@ -44,14 +44,14 @@ def test_plot_of_futures_draws_both_outcomes(futures, tmp_path):
 
 
 def test_plot_of_a_job_id_read_from_the_store(futures, store, tmp_path):
-    path = plot(futures[0].job_id, tmp_path / "job.png", storage=LocalStorage(store), prefix="burstmap")
+    path = plot(futures[0].job_id, tmp_path / "job.png", storage=LocalStorage(store), prefix="burstmap", key=SECRET.encode())
     assert imread(path).shape[:2] == (700, 1000)
     assert has_color(imread(path), COLORS["ok"])
 
 
 def test_plot_of_a_job_with_no_finished_call(store, tmp_path):
     unstarted_job(LocalStorage(store), "unstarted-0000", time.time())
-    path = plot("unstarted-0000", tmp_path / "none.png", storage=LocalStorage(store), prefix="burstmap")
+    path = plot("unstarted-0000", tmp_path / "none.png", storage=LocalStorage(store), prefix="burstmap", key=SECRET.encode())
     pixels = imread(path)
     assert pixels[..., :3].std() > 0.01
     assert not has_color(pixels, COLORS["ok"])

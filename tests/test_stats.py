@@ -8,11 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from burstmap.errors import JobNotFoundError
 from burstmap.job import Layout
-from burstmap.stats import JobNotFoundError, job_stats, stats, summarize
+from burstmap.stats import job_stats, stats, summarize
 from burstmap.storage.local import LocalStorage
 
-from .real_jobs import FAILING, N_CALLS, SLOW, new_executor, square, unstarted_job, wait_done
+from .real_jobs import FAILING, N_CALLS, SECRET, SLOW, new_executor, square, unstarted_job, wait_done
+
+KEY = SECRET.encode()
 
 
 @pytest.fixture(scope="module")
@@ -33,14 +36,14 @@ def futures(executor) -> list:
 
 
 def test_counts_by_state(store, futures):
-    summary = job_stats(LocalStorage(store), "burstmap", futures[0].job_id)["summary"]
+    summary = job_stats(LocalStorage(store), KEY, "burstmap", futures[0].job_id)["summary"]
     assert summary["states"] == {"ok": N_CALLS - 1, "error": 1}
     assert (summary["calls"], summary["done"], summary["failed"], summary["pending"], summary["corrupt"]) == (
         N_CALLS, N_CALLS - 1, 1, 0, 0)
 
 
 def test_per_call_times_add_up(store, futures):
-    calls = job_stats(LocalStorage(store), "burstmap", futures[0].job_id)["calls"]
+    calls = job_stats(LocalStorage(store), KEY, "burstmap", futures[0].job_id)["calls"]
     assert [c["call_id"] for c in calls] == list(range(N_CALLS))
     for c in calls:
         assert c["queue_wait"] >= 0 and c["setup"] >= 0 and c["compute"] >= 0 and c["overhead"] >= 0
@@ -51,8 +54,8 @@ def test_per_call_times_add_up(store, futures):
 
 
 def test_job_totals(store, futures):
-    summary = job_stats(LocalStorage(store), "burstmap", futures[0].job_id)["summary"]
-    calls = job_stats(LocalStorage(store), "burstmap", futures[0].job_id)["calls"]
+    summary = job_stats(LocalStorage(store), KEY, "burstmap", futures[0].job_id)["summary"]
+    calls = job_stats(LocalStorage(store), KEY, "burstmap", futures[0].job_id)["calls"]
     assert summary["wall_time"] >= max(c["duration"] for c in calls)
     assert summary["throughput"] == pytest.approx(N_CALLS / summary["wall_time"])
     assert 0 <= summary["overhead_fraction"] < 1
@@ -60,30 +63,30 @@ def test_job_totals(store, futures):
 
 
 def test_the_slow_call_is_the_only_straggler(store, futures):
-    summary = job_stats(LocalStorage(store), "burstmap", futures[0].job_id)["summary"]
+    summary = job_stats(LocalStorage(store), KEY, "burstmap", futures[0].job_id)["summary"]
     assert [s["call_id"] for s in summary["stragglers"]] == [SLOW]
     assert summary["stragglers"][0]["duration"] >= 1.0
 
 
 def test_stats_of_futures_matches_the_store(store, futures):
-    from_futures = stats(futures)
-    from_store = job_stats(LocalStorage(store), "burstmap", futures[0].job_id)
+    from_futures = stats(futures, KEY)
+    from_store = job_stats(LocalStorage(store), KEY, "burstmap", futures[0].job_id)
     assert from_futures["calls"] == from_store["calls"]
     assert from_futures["summary"] == from_store["summary"]
-    subset = stats(futures[:3])
+    subset = stats(futures[:3], KEY)
     assert [c["call_id"] for c in subset["calls"]] == [0, 1, 2] and subset["summary"]["calls"] == 3
 
 
 def test_stats_of_futures_of_two_jobs(executor, futures):
     more = wait_done(executor.map(square, [10, 11]))
-    report = stats([*futures, *more])
+    report = stats([*futures, *more], KEY)
     assert report["job_ids"] == [futures[0].job_id, more[0].job_id]
     assert report["summary"]["calls"] == N_CALLS + 2 and report["summary"]["done"] == N_CALLS + 1
 
 
 def test_a_job_that_has_not_run_is_all_pending(store):
     unstarted_job(LocalStorage(store), "unstarted-0000", time.time(), n_calls=4)
-    summary = job_stats(LocalStorage(store), "burstmap", "unstarted-0000")["summary"]
+    summary = job_stats(LocalStorage(store), KEY, "burstmap", "unstarted-0000")["summary"]
     assert summary["pending"] == 4 and summary["done"] == 0
     assert summary["wall_time"] is None and summary["throughput"] is None and summary["stragglers"] == []
 
@@ -92,15 +95,15 @@ def test_corrupt_records_are_counted_from_the_store_and_from_futures(store, exec
     job = wait_done(executor.map(square, [0, 1, 2]))[0].job_id
     storage = LocalStorage(store)
     storage.put(Layout("burstmap", job).status(2), b"BMS1\n{not json")
-    assert job_stats(storage, "burstmap", job)["summary"]["corrupt"] == 1
+    assert job_stats(storage, KEY, "burstmap", job)["summary"]["corrupt"] == 1
     attached = wait_done(executor.attach(job))
-    summary = stats(attached)["summary"]
+    summary = stats(attached, KEY)["summary"]
     assert (summary["done"], summary["corrupt"]) == (2, 1)
 
 
 def test_unknown_job(store):
     with pytest.raises(JobNotFoundError, match="no job 'nope'"):
-        job_stats(LocalStorage(store), "burstmap", "nope")
+        job_stats(LocalStorage(store), KEY, "burstmap", "nope")
 
 
 def test_stragglers_are_calls_over_twice_the_median():
@@ -127,6 +130,6 @@ def test_lambda_calls_add_up_to_a_cost():
 
 def test_executor_stats_matches_the_store(executor, store, futures):
     from_futures = executor.stats(futures)
-    from_store = job_stats(LocalStorage(store), "burstmap", futures[0].job_id)
+    from_store = job_stats(LocalStorage(store), KEY, "burstmap", futures[0].job_id)
     assert from_futures["summary"] == from_store["summary"]
     assert from_futures["summary"]["calls"] == N_CALLS

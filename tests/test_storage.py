@@ -1,4 +1,4 @@
-"""One suite that every store runs (local, s3 on a moto server, redis on redis-server), plus failures."""
+"""One suite that every store runs (local, local behind `Patient`, s3 on a moto server, redis on redis-server), plus failures."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 from burstmap.errors import ConfigError, KeyNotFoundError, StorageError
 from burstmap.registry import load
 from burstmap.storage import Storage, open_store
+from burstmap.storage.base import is_permanent
 from burstmap.storage.local import LocalStorage
+from burstmap.storage.patient import Patient
 from burstmap.storage.redis import RedisStorage
 from burstmap.storage.s3 import S3Storage
 
@@ -34,11 +36,13 @@ def new_bucket(endpoint: str) -> str:
     return bucket
 
 
-@pytest.fixture(params=["local", "s3", "redis"])
+@pytest.fixture(params=["local", "patient-local", "s3", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     """An empty store of each kind; the s3 one uploads in 5 MiB parts from 5 MiB up."""
     if request.param == "local":
         return LocalStorage(tmp_path / "store")
+    if request.param == "patient-local":
+        return Patient(LocalStorage(tmp_path / "store"))
     if request.param == "s3":
         endpoint = request.getfixturevalue("moto_server")
         return S3Storage(new_bucket(endpoint), endpoint_url=endpoint, multipart_threshold=5 * MiB,
@@ -49,7 +53,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     return redis_store
 
 
-def one_line_error(call, *needles: str) -> str:
+def one_line_error(call, *needles: str) -> StorageError:
     """Run ``call``, expect a one-line `StorageError` naming every needle and never the secret."""
     with pytest.raises(StorageError) as info:
         call()
@@ -58,7 +62,7 @@ def one_line_error(call, *needles: str) -> str:
     for needle in needles:
         assert needle in message
     assert SECRET not in message
-    return message
+    return info.value
 
 
 def test_put_get_overwrite(store: Storage) -> None:
@@ -210,6 +214,39 @@ def test_threads_share_one_store(store: Storage) -> None:
         assert list(pool.map(roundtrip, range(64))) == [str(i).encode() * 100 for i in range(64)]
 
 
+def test_threads_writing_one_key_never_mix(store: Storage) -> None:
+    values = [bytes([i]) * (64 * 1024) for i in range(16)]
+
+    def write(value: bytes) -> None:
+        for _ in range(8):
+            store.put("contended", value)
+        with store.open_write("contended") as f:
+            f.write(value)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, values))
+    assert store.get("contended") in values
+    assert list(store.list("")) == ["contended"]
+
+
+def test_local_temporary_files_are_unique_and_cleaned_up(tmp_path: Path) -> None:
+    store = LocalStorage(tmp_path)
+    with store.open_write("k") as first, store.open_write("k") as second:
+        first.write(b"first")
+        second.write(b"second")
+        assert len(list(tmp_path.glob("k.*.tmp"))) == 2
+    assert store.get("k") == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["k"]
+
+
+def test_local_errors_are_one_line_and_say_whether_waiting_helps(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_bytes(b"")
+    store = LocalStorage(tmp_path)
+    blocked = one_line_error(lambda: store.put("a-file/key", b"v"), str(tmp_path), "'a-file/key'")
+    assert is_permanent(blocked)
+    assert is_permanent(one_line_error(lambda: store.get("../outside"), "invalid key"))
+
+
 def test_registry_finds_each_store() -> None:
     assert load("storage", "s3") is S3Storage
     assert load("storage", "redis") is RedisStorage
@@ -266,14 +303,14 @@ def test_s3_missing_bucket(moto_server: str) -> None:
     store = S3Storage("no-such-bucket", endpoint_url=moto_server, **CREDS)
     one_line_error(store.check, "no-such-bucket", moto_server, "does not exist")
     error = one_line_error(lambda: store.get("k"), "no-such-bucket")
-    assert "'k'" not in error
+    assert "'k'" not in str(error) and is_permanent(error)
     assert SECRET not in repr(store)
 
 
 def test_s3_unreachable_endpoint() -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
-    store = S3Storage("bucket-x", endpoint_url=endpoint, **CREDS)
-    one_line_error(store.check, "bucket-x", endpoint, "unreachable")
+    store = S3Storage("bucket-x", endpoint_url=endpoint, retries=1, **CREDS)
+    assert not is_permanent(one_line_error(store.check, "bucket-x", endpoint, "unreachable"))
     assert SECRET not in repr(store) and "bucket-x" in repr(store)
 
 
@@ -287,7 +324,7 @@ def test_s3_bad_credentials(moto_auth_server: AuthServer) -> None:
     for key_id in ("AKIAUNKNOWNKEY000000", server.access_key_id):
         bad = S3Storage(server.bucket, endpoint_url=server.endpoint, region="us-east-1",
                         aws_access_key_id=key_id, aws_secret_access_key=SECRET)
-        one_line_error(bad.check, server.bucket, server.endpoint, "credentials")
+        assert is_permanent(one_line_error(bad.check, server.bucket, server.endpoint, "credentials"))
         one_line_error(lambda: bad.get("k"), server.bucket, "credentials")
         assert SECRET not in repr(bad)
 
@@ -295,7 +332,7 @@ def test_s3_bad_credentials(moto_auth_server: AuthServer) -> None:
 def test_redis_not_running() -> None:
     address = f"127.0.0.1:{free_port()}"
     store = RedisStorage(f"redis://:{SECRET}@{address}/0")
-    one_line_error(store.check, address, "not reachable")
+    assert not is_permanent(one_line_error(store.check, address, "not reachable"))
     one_line_error(lambda: store.get("k"), address)
     assert SECRET not in repr(store) and address in repr(store)
 
@@ -303,5 +340,5 @@ def test_redis_not_running() -> None:
 def test_redis_password_refused(redis_server: str) -> None:
     address = redis_server.removeprefix("redis://").rsplit("/", 1)[0]
     store = RedisStorage(f"redis://user:{SECRET}@{address}/0")
-    one_line_error(store.check, address)
+    assert is_permanent(one_line_error(store.check, address))
     assert repr(store) == f"RedisStorage(url='redis://user:***@{address}/0')"

@@ -1,30 +1,53 @@
-"""The `Backend` seam: something that runs call ids of a job through the worker handler."""
+"""The `Backend` seam: something that transports batches of calls to the one worker handler."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 from ..job import Manifest
 from ..storage.base import Storage
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "CallBoard", "NoBoard"]
+
+
+class CallBoard(Protocol):
+    """The client's side of the calls a backend carries: which are still wanted, and failing those it cannot finish."""
+
+    def take(self, job_id: str, call_ids: Sequence[int]) -> list[int]:
+        """Mark calls as taken by a worker (their futures leave ``PENDING``); return those not cancelled."""
+
+    def fail(self, job_id: str, call_ids: Sequence[int], error: BaseException) -> None:
+        """Finish calls with ``error`` when their outcome cannot reach the store (a loop that cannot go on)."""
+
+
+class NoBoard:
+    """The board of a backend started without an executor (tools, tests): every call is wanted, failures are raised."""
+
+    def take(self, job_id: str, call_ids: Sequence[int]) -> list[int]:
+        return list(call_ids)
+
+    def fail(self, job_id: str, call_ids: Sequence[int], error: BaseException) -> None:
+        raise error
 
 
 class Backend(ABC):
-    """Runs calls somewhere. Outcomes are never returned: they land in the store as status records.
+    """Transports calls to workers. Outcomes are never returned: they land in the store as status records.
 
-    A backend re-runs calls whose worker died (up to the job's ``max_retries``) and records a
-    ``died`` or ``timeout`` status itself when a call cannot finish.
+    A backend only reports what it saw happen to a delivery (its worker died while call k ran,
+    call k passed its deadline, the payload was refused) to `burstmap.attempts.Attempts`, which
+    decides between a re-run and a final record. Right before handing calls to a worker it asks
+    the board which are still wanted (`CallBoard.take`), so cancelled calls never run.
     """
 
     name: ClassVar[str]
 
-    def start(self, storage: Storage, key: bytes) -> None:
-        """Bind the backend to the store its workers use and the key that signs payloads."""
+    def start(self, storage: Storage, key: bytes, board: CallBoard | None = None) -> None:
+        """Bind the backend to the store its workers use, the key that signs payloads and the client's board."""
         self.storage = storage
         self._key = key
+        self.board: CallBoard = board or NoBoard()
 
     @abstractmethod
     def run(self, manifest: Manifest, call_ids: Sequence[int]) -> None:

@@ -2,19 +2,17 @@
 
 Give it a scheduler ``address``, or a ``distributed.Client`` you made (LocalCluster,
 dask-jobqueue, dask-kubernetes...), or neither for a LocalCluster of this machine's cores. Each Dask
-task runs a batch of calls in order through `Handler`; outcomes land in the store, never in Dask.
+task carries one signed `Batch` and runs its calls in order through `Handler`; outcomes land in the
+store, never in Dask.
 
 Worker death: the scheduler runs a task again when its worker dies. The new delivery finds, through
-a `Ledger` in the store, which call the dead worker was running, counts that call's attempts and
-writes a ``died`` record once it is out of retries. A task the scheduler gives up on
-(``KilledWorker``) is submitted again under a new key, and the ledger keeps counting.
+`Attempts`, which call the dead worker was running, counts that call's attempts and writes a
+``died`` record once it is out of retries. A task the scheduler gives up on (``KilledWorker``) is
+submitted again, and the count goes on.
 
-Timeouts: a Python thread cannot be stopped, so a watchdog thread in the worker writes the call's
-``timeout`` record and then ends the worker process; its nanny starts a fresh one and the scheduler
-runs the rest of the batch elsewhere. Other batches running in threads of the same worker process
-are re-run too. On a worker without a nanny (``--no-nanny``, ``LocalCluster(processes=False)``),
-ending the process would take the worker (or your own process) down for good, so timeouts are not
-enforced there and a warning is logged once.
+Timeouts: calls of a job with a timeout run in a child process of the Dask worker (`CallProcess`),
+which is killed with every process the call started once the call passes its deadline, even if the
+call holds the GIL; the Dask worker itself carries on.
 """
 
 from __future__ import annotations
@@ -24,20 +22,20 @@ import math
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import distributed
 
-from ..errors import CallTimeoutError, ConfigError
-from ..job import CallState, Manifest, call_name
+from ..attempts import Attempts
+from ..child import CallProcess
+from ..errors import ConfigError, StorageError
+from ..job import Batch, Manifest, call_name
 from ..storage.base import Storage
 from ..storage.local import LocalStorage
-from ..worker import Handler, Task
-from .base import Backend
-from .ledger import Ledger
+from ..worker import Handler
+from .base import Backend, CallBoard
 
 __all__ = ["DaskBackend"]
 
@@ -67,7 +65,7 @@ class DaskBackend(Backend):
         self.batch_size = batch_size
         self._client = client
         self._owns_client = client is None
-        self._futures: dict[str, tuple[Any, Manifest, list[Task]]] = {}
+        self._futures: dict[str, tuple[Any, Batch]] = {}
         self._lock = threading.Lock()
         self._token = uuid.uuid4().hex
 
@@ -76,51 +74,54 @@ class DaskBackend(Backend):
         """The ``distributed.Client`` calls go through (made on `start` unless one was given)."""
         return self._client
 
-    def start(self, storage: Storage, key: bytes) -> None:
-        super().start(storage, key)
+    def start(self, storage: Storage, key: bytes, board: CallBoard | None = None) -> None:
+        super().start(storage, key, board)
         if self._client is None:
             self._client = distributed.Client(self.address) if self.address else distributed.Client()
         if isinstance(storage, LocalStorage):
             _check_local_store(self._client, storage)
 
     def run(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
-        call_ids = list(call_ids)
+        call_ids = self.board.take(manifest.job_id, call_ids)
         size = self.batch_size or _batch_size(len(call_ids), sum(self._client.nthreads().values()))
         for i in range(0, len(call_ids), size):
-            tasks = []
-            for call_id in call_ids[i:i + size]:
-                start, end = manifest.data_range(call_id)
-                tasks.append(Task(manifest.prefix, manifest.job_id, call_id, start, end))
-            self._submit(manifest, tasks)
+            self._submit(Batch.of(manifest, call_ids[i:i + size]))
 
-    def _submit(self, manifest: Manifest, tasks: list[Task]) -> None:
-        key = f"burstmap-{manifest.job_id}-{call_name(tasks[0].call_id)}-{uuid.uuid4().hex[:8]}"
-        future = self._client.submit(
-            run_batch, self._token, self.storage, self._key, tasks, manifest.timeout, manifest.max_retries,
-            key=key, pure=False,
-        )
+    def _submit(self, batch: Batch) -> None:
+        key = f"burstmap-{batch.job_id}-{call_name(batch.tasks[0].call_id)}-{uuid.uuid4().hex[:8]}"
+        future = self._client.submit(run_batch, self._token, self.storage, self._key, batch.encode(self._key),
+                                     key=key, pure=False)
         with self._lock:
-            self._futures[key] = (future, manifest, tasks)
+            self._futures[key] = (future, batch)
         future.add_done_callback(self._on_done)
 
     def _on_done(self, future: Any) -> None:
+        """Dask's callback for a finished task: supervised, so no error here leaves its calls unfinished."""
         with self._lock:
-            _, manifest, tasks = self._futures.pop(future.key, (None, None, None))
-        if manifest is None or future.status != "error":
+            _, batch = self._futures.pop(future.key, (None, None))
+        if batch is None or future.status != "error":
             return
-        error = future.exception()
+        try:
+            self._failed(batch, future.exception())
+        except BaseException as e:
+            log.exception("burstmap: could not settle a failed Dask task of job %s", batch.job_id)
+            self.board.fail(batch.job_id, [t.call_id for t in batch.tasks], e)
+
+    def _failed(self, batch: Batch, error: BaseException) -> None:
+        """A task ended in error outside the handler: deliver it again, or fail its calls that have no status."""
         if isinstance(error, distributed.scheduler.KilledWorker):
-            self._submit(manifest, tasks)
+            self._submit(batch)
             return
-        log.error("burstmap: a Dask task of job %s failed outside the handler: %r", manifest.job_id, error)
-        ledger = Ledger(self.storage, self._key, tasks, manifest.max_retries, "dask-client")
-        handler = Handler(self.storage, self._key, "dask-client")
-        for task in ledger.unfinished():
-            handler.write_failure(task, CallState.ERROR, error, time.time())
+        log.error("burstmap: a Dask task of job %s failed outside the handler: %r", batch.job_id, error)
+        if isinstance(error, StorageError):
+            self.board.fail(batch.job_id, [t.call_id for t in batch.tasks], error)
+            return
+        attempts = Attempts(self.storage, self._key, "dask-client")
+        attempts.failed(attempts.remaining(batch), error)
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
-            futures, self._futures = [f for f, _, _ in self._futures.values()], {}
+            futures, self._futures = [f for f, _ in self._futures.values()], {}
         if self._client is None:
             return
         if futures:
@@ -135,28 +136,29 @@ class DaskBackend(Backend):
 
 
 _handlers: dict[str, Handler] = {}
-_watchdog: _Watchdog | None = None
 _worker_lock = threading.Lock()
-_warned = False
+_local = threading.local()  # each Dask worker thread keeps a warm call process per client
 
 
-def run_batch(token: str, storage: Storage, key: bytes, tasks: list[Task], timeout: float | None,
-              max_retries: int) -> int:
+def run_batch(token: str, storage: Storage, key: bytes, blob: bytes) -> int:
     """The Dask task: run the calls of one batch that are still to run; return how many ran."""
+    batch = Batch.decode(key, blob)
     with _worker_lock:
         handler = _handlers.get(token)
         if handler is None:
             handler = _handlers[token] = Handler(storage, key, f"dask-{_worker_name()}")
-    ledger = Ledger(storage, key, tasks, max_retries, handler.worker)
-    delivery = ledger.next_delivery()
-    todo = ledger.begin(delivery)
-    watchdog = _get_watchdog() if timeout else None
+    attempts = Attempts(storage, key, handler.worker)
+    todo = attempts.begin(batch)
+    if batch.timeout is None:
+        handler.run(todo)
+        return len(todo)
+    if not hasattr(_local, "calls"):
+        _local.calls = {}
+    calls = _local.calls.get(token)
+    if calls is None:
+        calls = _local.calls[token] = CallProcess(storage, key, handler.worker)
     for task in todo:
-        if watchdog is None:
-            handler.run_task(task)
-            continue
-        with watchdog.watching(time.monotonic() + timeout, _Stop(handler, ledger, delivery, task, timeout)):
-            handler.run_task(task)
+        calls.run_to_end(batch, task, attempts, handler.worker)
     return len(todo)
 
 
@@ -165,88 +167,6 @@ def _worker_name() -> str:
         return distributed.get_worker().address
     except ValueError:
         return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _get_watchdog() -> _Watchdog | None:
-    """This worker process's watchdog, or ``None`` (and a warning) when it has no nanny."""
-    global _watchdog, _warned
-    with _worker_lock:
-        try:
-            nanny = distributed.get_worker().nanny
-        except ValueError:
-            nanny = None
-        if nanny is None:
-            if not _warned:
-                log.warning("burstmap: this Dask worker has no nanny, so call timeouts are not enforced on it")
-                _warned = True
-            return None
-        if _watchdog is None:
-            _watchdog = _Watchdog()
-        return _watchdog
-
-
-class _Stop:
-    """What the watchdog does to a call past its timeout: record it, then end the worker process."""
-
-    def __init__(self, handler: Handler, ledger: Ledger, delivery: int, task: Task, timeout: float) -> None:
-        self.handler, self.ledger, self.delivery, self.task, self.timeout = handler, ledger, delivery, task, timeout
-        self.start = time.time()
-
-    def __call__(self) -> None:
-        task = self.task
-        error = CallTimeoutError(
-            f"call {task.job_id}/{call_name(task.call_id)} ran past its timeout of {self.timeout:g}s "
-            "and its Dask worker process was restarted to stop it"
-        )
-        try:
-            self.handler.write_failure(task, CallState.TIMEOUT, error, self.start)
-            self.ledger.end_by_timeout(self.delivery, task.call_id)
-        finally:
-            log.warning("burstmap: %s; ending this worker process", error)
-            os._exit(70)
-
-
-class _Watchdog:
-    """One thread per worker process that fires a call's stop action when its deadline passes."""
-
-    def __init__(self) -> None:
-        self._watched: dict[int, tuple[float, _Stop]] = {}
-        self._cond = threading.Condition()
-        threading.Thread(target=self._loop, name="burstmap-watchdog", daemon=True).start()
-
-    def watching(self, deadline: float, stop: _Stop) -> _Watch:
-        return _Watch(self, deadline, stop)
-
-    def _set(self, ident: int, entry: tuple[float, _Stop] | None) -> None:
-        with self._cond:
-            if entry is None:
-                self._watched.pop(ident, None)
-            else:
-                self._watched[ident] = entry
-            self._cond.notify()
-
-    def _loop(self) -> None:
-        with self._cond:
-            while True:
-                now = time.monotonic()
-                for deadline, stop in self._watched.values():
-                    if deadline <= now:
-                        stop()
-                nearest = min((d for d, _ in self._watched.values()), default=None)
-                self._cond.wait(None if nearest is None else nearest - now)
-
-
-class _Watch:
-    """Context manager: the current thread's call is watched while inside."""
-
-    def __init__(self, watchdog: _Watchdog, deadline: float, stop: _Stop) -> None:
-        self.watchdog, self.entry = watchdog, (deadline, stop)
-
-    def __enter__(self) -> None:
-        self.watchdog._set(threading.get_ident(), self.entry)
-
-    def __exit__(self, *exc: object) -> None:
-        self.watchdog._set(threading.get_ident(), None)
 
 
 def _batch_size(n_calls: int, n_threads: int) -> int:

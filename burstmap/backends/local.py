@@ -1,18 +1,23 @@
 """The local backend: a warm pool of worker processes on this machine, fed calls in batches.
 
-A dispatcher thread hands each idle worker a batch of tasks over its own pipe. Each worker
+A dispatcher thread hands each idle worker a signed `Batch` over its own pipe. Each worker
 publishes which task it is running, and since when, in a small shared array, so the dispatcher
-can stop a call that runs past its timeout and knows which call a dead worker was running:
-that call is re-run (up to the job's ``max_retries``), the rest of its batch is queued again.
+can stop a call that runs past its timeout and knows which call a dead worker was running; it
+reports both to `Attempts`, which decides between a re-run and a final record, and queues the
+rest of the batch again. Workers die with the client (a parent-death signal), and each leads its
+own process group, so children a call started die with it at its timeout.
+
+The dispatcher is supervised: an error it cannot handle fails every call it holds, loudly.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -20,11 +25,12 @@ from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..errors import CallTimeoutError, WorkerDiedError
-from ..job import CallState, Manifest, call_name
+from ..attempts import OUTAGE_EXIT, Attempts, how_it_ended
+from ..errors import BurstmapError, StorageError, WorkerDiedError
+from ..job import Batch, CallState, Manifest, Task
 from ..storage.base import Storage
-from ..worker import Handler, Task
-from .base import Backend
+from ..worker import Handler
+from .base import Backend, CallBoard
 
 __all__ = ["LocalBackend"]
 
@@ -36,6 +42,7 @@ _READY = b"ready"
 _GROUP_WINDOW = 0.002  # quick calls' records are stored together if they finish within this many seconds
 _STARTUP_TRIES = 3  # workers that die before taking work, in a row, before their calls are failed
 _TICK = 0.05
+_PR_SET_PDEATHSIG = 1
 
 
 class LocalBackend(Backend):
@@ -52,8 +59,8 @@ class LocalBackend(Backend):
 
     def run(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
         with self._lock:
-            if self._pool is None:
-                self._pool = _Pool(self.workers, self.storage, self._key)
+            if self._pool is None or self._pool.broken:
+                self._pool = _Pool(self.workers, self.storage, self._key, self.board)
             pool = self._pool
         pool.add(manifest, call_ids)
 
@@ -133,25 +140,28 @@ class _Pace:
 
 
 class _Pool:
-    def __init__(self, size: int, storage: Storage, key: bytes) -> None:
+    def __init__(self, size: int, storage: Storage, key: bytes, board: CallBoard) -> None:
         self._ctx = multiprocessing.get_context("spawn")
         self._storage = storage
         self._key = key
+        self._board = board
+        self._attempts = Attempts(storage, key, f"local-pool:{os.getpid()}")
         self._pending: deque[tuple[Manifest, int, int]] = deque()
         self._lock = threading.Lock()
         self._closed = False
+        self.broken: BaseException | None = None
         self._startup_failures = 0
         self._pace = _Pace()
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
         self.slots = [self._spawn(i) for i in range(size)]
-        self._thread = threading.Thread(target=self._loop, name="burstmap-local", daemon=True)
+        self._thread = threading.Thread(target=self._supervised, name="burstmap-local", daemon=True)
         self._thread.start()
 
     def _spawn(self, index: int) -> _Slot:
         parent, child = self._ctx.Pipe()
         progress = self._ctx.RawArray("d", 4)
         process = self._ctx.Process(
-            target=_worker_main, args=(child, progress, self._storage, self._key, f"local-{index}"),
+            target=_worker_main, args=(child, progress, self._storage, self._key, f"local-{index}", os.getpid()),
             name=f"burstmap-local-{index}", daemon=True,
         )
         process.start()
@@ -160,20 +170,38 @@ class _Pool:
 
     def add(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
         with self._lock:
-            self._pending.extend((manifest, call_id, 1) for call_id in call_ids)
-            self._wake_w.send_bytes(b"w")
+            if self.broken is None:
+                self._pending.extend((manifest, call_id, 1) for call_id in call_ids)
+                self._wake_w.send_bytes(b"w")
+                return
+        self._board.fail(manifest.job_id, call_ids, _broken(self.broken))
 
     def close(self, wait_for_workers: bool) -> None:
         with self._lock:
             self._closed = True
-            self._wake_w.send_bytes(b"w")
+            if self.broken is None:
+                self._wake_w.send_bytes(b"w")
         self._thread.join()
         for slot in self.slots:
             slot.conn.close()
             slot.process.join(timeout=5 if wait_for_workers else 0.1)
-            if slot.process.is_alive():
-                slot.process.kill()
-                slot.process.join()
+            _kill_group(slot.process)
+
+    def _supervised(self) -> None:
+        """The dispatcher loop; if it fails, every call it holds fails with its error instead of hanging."""
+        try:
+            self._loop()
+        except BaseException as e:
+            log.exception("burstmap: the local pool's dispatcher failed; failing the calls it holds")
+            with self._lock:
+                self.broken = e
+                held = [(m, c) for m, c, _ in self._pending]
+                self._pending.clear()
+            held += [(m, t.call_id) for slot in self.slots for b in slot.batches.values() for m, t in b]
+            for slot in self.slots:
+                _kill_group(slot.process)
+            for manifest, call_id in held:
+                self._board.fail(manifest.job_id, [call_id], _broken(e))
 
     def _loop(self) -> None:
         while not self._closed:
@@ -210,24 +238,34 @@ class _Pool:
         self._worker_died(slot)
 
     def _dispatch(self) -> None:
-        with self._lock:
-            for slot in self.slots:
-                if not self._pending:
-                    return
-                if not slot.started:
-                    continue
+        for slot in self.slots:
+            batch = self._next_batch(slot)
+            if batch is None:
+                continue
+            slot.seq += 1
+            slot.batches[slot.seq] = [(batch[0], task) for task in batch[1].tasks]
+            try:
+                slot.conn.send_bytes(slot.seq.to_bytes(8, "big") + batch[1].encode(self._key))
+            except OSError:
+                pass  # the worker just died: its sentinel is ready, and _worker_died queues the batch again
+
+    def _next_batch(self, slot: _Slot) -> tuple[Manifest, Batch] | None:
+        """The next batch for a slot that may take one: calls of one job, those cancelled left out."""
+        while True:
+            with self._lock:
+                if not self._pending or not slot.started:
+                    return None
                 manifest = self._pending[0][0]
                 size, depth = self._pace.batch(manifest.job_id, len(self._pending) // (2 * len(self.slots)))
                 if len(slot.batches) >= depth:
-                    continue
-                batch = []
-                while self._pending and len(batch) < size and self._pending[0][0] is manifest:
+                    return None
+                attempts: dict[int, int] = {}
+                while self._pending and len(attempts) < size and self._pending[0][0] is manifest:
                     _, call_id, attempt = self._pending.popleft()
-                    start, end = manifest.data_range(call_id)
-                    batch.append((manifest, Task(manifest.prefix, manifest.job_id, call_id, start, end, attempt)))
-                slot.seq += 1
-                slot.batches[slot.seq] = batch
-                slot.conn.send_bytes(pickle.dumps((slot.seq, [task for _, task in batch])))
+                    attempts[call_id] = attempt
+            wanted = self._board.take(manifest.job_id, list(attempts))
+            if wanted:
+                return manifest, Batch.of(manifest, wanted, attempts)
 
     def _check_timeouts(self) -> None:
         now = time.time()
@@ -238,43 +276,44 @@ class _Pool:
             batch, index, start, durable = running
             manifest, task = batch[index]
             if manifest.timeout and now - start > manifest.timeout:
-                slot.process.kill()
-                slot.process.join()
-                error = CallTimeoutError(
-                    f"call {manifest.job_id}/{call_name(task.call_id)} ran past its timeout of "
-                    f"{manifest.timeout:g}s and its worker was stopped"
-                )
-                self._record_failure(slot, task, CallState.TIMEOUT, error, start)
+                _kill_group(slot.process)
+                self._settle(manifest, task, lambda: self._attempts.timed_out(
+                    task, manifest.timeout, f"its worker {slot.name} (pid {slot.process.pid})", start))
                 unstored = batch[durable:index] + batch[index + 1:]
                 self._replace(slot, requeue=unstored + slot.unstarted(int(slot.progress[0])))
 
     def _worker_died(self, slot: _Slot) -> None:
+        _kill_group(slot.process)
         if not slot.started:
             self._worker_failed_to_start(slot)
             return
         self._startup_failures = 0
-        if not slot.batches:
-            self._replace(slot, requeue=[])
-            return
-        running = slot.running()
+        running = slot.running() if slot.batches else None
         if running is None:
             self._replace(slot, requeue=slot.unstarted(0))
             return
         after = int(slot.progress[0])
         batch, index, start, durable = running
+        if index < durable or slot.process.exitcode == OUTAGE_EXIT:
+            # It died between calls (after the running call's status was stored), or gave up on an
+            # unreachable store: nobody is to blame, the rest of the batch runs again.
+            self._replace(slot, requeue=batch[durable:] + slot.unstarted(after))
+            return
         manifest, task = batch[index]
-        retry = []
-        if task.attempt <= manifest.max_retries:
-            retry = [(manifest, Task(**{**task.__dict__, "attempt": task.attempt + 1}))]
-        else:
-            code = slot.process.exitcode
-            how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit code {code}"
-            error = WorkerDiedError(
-                f"call {manifest.job_id}/{call_name(task.call_id)}: worker {slot.name} (pid {slot.process.pid}) "
-                f"on {os.uname().nodename} died ({how}) in attempt {task.attempt} of {manifest.max_retries + 1}"
-            )
-            self._record_failure(slot, task, CallState.DIED, error, start)
-        self._replace(slot, requeue=batch[durable:index] + retry + batch[index + 1:] + slot.unstarted(after))
+        where = f"worker {slot.name} (pid {slot.process.pid}) on {os.uname().nodename}"
+        retry = self._settle(manifest, task, lambda: self._attempts.died(
+            task, manifest.max_retries, where, how_it_ended(slot.process.exitcode), start))
+        again = [(manifest, retry)] if retry else []
+        self._replace(slot, requeue=batch[durable:index] + again + batch[index + 1:] + slot.unstarted(after))
+
+    def _settle(self, manifest: Manifest, task: Task, decide: Any) -> Task | None:
+        """Run an `Attempts` decision; if the store cannot take its record, fail the call's future directly."""
+        try:
+            return decide()
+        except StorageError as e:
+            log.warning("burstmap: could not record the outcome of call %s/%d: %s", task.job_id, task.call_id, e)
+            self._board.fail(manifest.job_id, [task.call_id], e)
+            return None
 
     def _worker_failed_to_start(self, slot: _Slot) -> None:
         """A worker died before it could take work (none was sent to it): start another, but not forever.
@@ -290,23 +329,17 @@ class _Pool:
             self._replace(slot, requeue=[])
             return
         with self._lock:
-            tasks = [(m, Task(m.prefix, m.job_id, c, *m.data_range(c), a)) for m, c, a in self._pending]
+            held = list(self._pending)
             self._pending.clear()
         error = WorkerDiedError(
             f"worker processes exit while starting (exit code {slot.process.exitcode}); a script that submits "
             "jobs when it is imported must do so under `if __name__ == '__main__':`"
         )
-        for _, task in tasks:
-            self._record_failure(slot, task, CallState.DIED, error, time.time())
+        for manifest, call_id, attempt in held:
+            (task,) = Batch.of(manifest, [call_id], {call_id: attempt}).tasks
+            self._settle(manifest, task, lambda: self._attempts.failed([task], error, CallState.DIED))
         self._startup_failures = 0
         self._replace(slot, requeue=[])
-
-    def _record_failure(self, slot: _Slot, task: Task, state: CallState, error: Exception, start: float) -> None:
-        """Write a died/timeout status; if the store is down, say so and carry on for the other calls."""
-        try:
-            Handler(self._storage, self._key, slot.name).write_failure(task, state, error, start)
-        except Exception as e:
-            log.warning("could not record that %s/%s %s: %s", task.job_id, call_name(task.call_id), state.value, e)
 
     def _replace(self, slot: _Slot, requeue: list[tuple[Manifest, Task]]) -> None:
         slot.conn.close()
@@ -315,9 +348,36 @@ class _Pool:
         self.slots[slot.index] = self._spawn(slot.index)
 
 
-def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, worker: str) -> None:
+def _broken(error: BaseException) -> BurstmapError:
+    return BurstmapError(f"the local backend's dispatcher failed ({type(error).__name__}: {error}); "
+                         "the calls it held were not run")
+
+
+def _kill_group(process: Any) -> None:
+    """Kill a worker and every process its calls started (it leads its own process group)."""
+    if process.pid is None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.kill()
+    process.join()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux); exit now if it already has."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, worker: str, parent: int) -> None:
     """A worker process: run batches from the pipe until it closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.setpgrp()
+    _die_with_parent(parent)
     handler = Handler(storage, key, worker, group_window=_GROUP_WINDOW)
     try:
         conn.send_bytes(_READY)
@@ -333,12 +393,16 @@ def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, 
 
     while True:
         try:
-            seq, tasks = pickle.loads(conn.recv_bytes())
+            message = conn.recv_bytes()
         except (EOFError, OSError):
             return
+        seq, batch = int.from_bytes(message[:8], "big"), Batch.decode(key, message[8:])
         began = progress[2] = time.time()
         progress[3], progress[1], progress[0] = 0, 0, seq
-        handler.run(tasks, on_start, on_durable)
+        try:
+            handler.run(batch.tasks, on_start, on_durable)
+        except StorageError:
+            os._exit(OUTAGE_EXIT)
         try:
             conn.send_bytes(b"%d %.6f" % (seq, time.time() - began))
         except OSError:

@@ -12,10 +12,10 @@ import logging
 import math
 from collections.abc import Sequence
 
-from ..job import Manifest
-from ..queues import Queue, encode_batch, open_queue
+from ..job import Batch, Manifest
+from ..queues import Queue, open_queue
 from ..storage.base import Storage
-from .base import Backend
+from .base import Backend, CallBoard
 
 __all__ = ["StandaloneBackend"]
 
@@ -41,16 +41,18 @@ class StandaloneBackend(Backend):
         self.batch_size = batch_size
         self._warned = False
 
-    def start(self, storage: Storage, key: bytes) -> None:
+    def start(self, storage: Storage, key: bytes, board: CallBoard | None = None) -> None:
         """Bind to the store and check, before anything is enqueued, that the queue answers."""
         self.queue.check()
-        super().start(storage, key)
+        super().start(storage, key, board)
 
     def run(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
-        call_ids = list(call_ids)
+        call_ids = self.board.take(manifest.job_id, call_ids)
+        if not call_ids:
+            return
         size = self.batch_size or max(1, min(_MAX_BATCH, math.ceil(len(call_ids) / 64)))
-        bodies = [encode_batch(self._key, manifest, call_ids[i:i + size]) for i in range(0, len(call_ids), size)]
-        self.queue.put(bodies)
+        self.queue.put([Batch.of(manifest, call_ids[i:i + size]).encode(self._key)
+                        for i in range(0, len(call_ids), size)])
         if not self._warned and self.queue.workers_seen() == 0:
             self._warned = True
             log.warning("burstmap: %d calls queued on %r, 0 workers seen: start some with "

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from .. import registry
 from ..errors import ConfigError
-from .base import Batch, Message, Queue, QueueError, decode_batch, encode_batch
+from .base import Message, Queue, QueueError
 
-__all__ = ["Batch", "Message", "Queue", "QueueError", "decode_batch", "encode_batch", "open_queue"]
+__all__ = ["Message", "Queue", "QueueError", "open_queue"]
 
 _FLOATS = {"lease"}
 
@@ -24,16 +25,9 @@ def open_queue(url: str) -> Queue:
     options: dict[str, Any] = dict(parse_qsl(parts.query))
     for name in _FLOATS & set(options):
         options[name] = float(options[name])
+    cls = registry.load("queue", parts.scheme)
+    where = parts.netloc if parts.scheme == "sqs" else urlunsplit((parts.scheme, parts.netloc, parts.path or "/0", "", ""))
     try:
-        if parts.scheme in ("redis", "rediss"):
-            from .redis import RedisQueue
-            return RedisQueue(urlunsplit((parts.scheme, parts.netloc, parts.path or "/0", "", "")), **options)
-        if parts.scheme == "sqs":
-            from .sqs import SQSQueue
-            return SQSQueue(parts.netloc, **options)
-    except ImportError as e:
-        extra = "redis" if parts.scheme.startswith("redis") else "s3"
-        raise ConfigError(f"queue {parts.scheme}:// needs {e.name}; install it with: pip install 'burstmap[{extra}]'") from None
+        return cls(where, **options)
     except TypeError as e:
         raise ConfigError(f"queue URL {url!r}: {e}") from None
-    raise ConfigError(f"unknown queue URL scheme {parts.scheme!r}; known: redis://, rediss://, sqs://")

@@ -11,12 +11,27 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, ClassVar
 
-from ..errors import KeyNotFoundError
+from ..errors import KeyNotFoundError, StorageError
 
-__all__ = ["Storage", "COPY_CHUNK"]
+__all__ = ["COPY_CHUNK", "Storage", "is_permanent", "permanent"]
 
 #: Bytes per read/write when streaming an object through a file.
 COPY_CHUNK = 4 * 1024 * 1024
+
+
+def permanent(message: str) -> StorageError:
+    """A `StorageError` that waiting cannot cure (no bucket, refused credentials): raise it at once.
+
+    Stores mark these where they raise them so that a retrying wrapper gives up without waiting.
+    """
+    error = StorageError(message)
+    error.permanent = True
+    return error
+
+
+def is_permanent(error: StorageError) -> bool:
+    """Tell whether ``error`` would recur however long one waits (see `permanent`)."""
+    return getattr(error, "permanent", False)
 
 
 class Storage(ABC):

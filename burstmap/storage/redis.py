@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..errors import KeyNotFoundError, StorageError
-from .base import Storage
+from .base import Storage, permanent
 
 __all__ = ["RedisStorage", "describe", "redact_url"]
 
@@ -25,6 +25,10 @@ _BATCH = 1000  # keys per DEL and per SCAN step
 _CHUNK = 4 * 1024 * 1024  # bytes per APPEND / GETRANGE when streaming files
 _UPLOADS = "burstmap-upload-in-progress/"  # partial uploads live here, not beside their key
 _GLOB = re.compile(r"([*?\[\]\\])")
+#: Redis error replies that a wait may cure: out of memory or disk, a failover, a busy server.
+_PASSING = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError,
+            redis.exceptions.ClusterDownError)
+_PASSING_REPLIES = {"MISCONF", "BUSY", "NOREPLICAS"}  # error codes redis-py leaves in the message
 
 
 def describe(error: redis.RedisError) -> str:
@@ -36,6 +40,15 @@ def describe(error: redis.RedisError) -> str:
     if isinstance(error, redis.ConnectionError):
         return "is not reachable"
     return f"refused: {str(error).splitlines()[0]}"
+
+
+def _lasting(error: redis.RedisError) -> bool:
+    """Tell whether ``error`` would recur however long one waits: refused credentials, a command Redis rejects."""
+    if isinstance(error, (redis.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return True
+    if isinstance(error, redis.ResponseError):
+        return not isinstance(error, _PASSING) and str(error).split(" ", 1)[0] not in _PASSING_REPLIES
+    return False
 
 
 def redact_url(url: str) -> str:
@@ -80,7 +93,8 @@ class RedisStorage(Storage):
         try:
             yield
         except (redis.AuthenticationError, redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as e:
-            raise StorageError(f"redis at {self.address} {describe(e)}") from None
+            message = f"redis at {self.address} {describe(e)}"
+            raise (permanent(message) if _lasting(e) else StorageError(message)) from None
 
     def _missing(self, key: str) -> KeyNotFoundError:
         return KeyNotFoundError(f"no key {key!r} in redis at {self.address}")

@@ -11,18 +11,31 @@ from contextlib import contextmanager
 from typing import Any, BinaryIO
 
 import boto3
+from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
 
 from ..errors import KeyNotFoundError, StorageError
-from .base import Storage
+from .base import Storage, permanent
 
 __all__ = ["S3Storage"]
 
 MiB = 1024 * 1024
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects request accepts
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+#: Client errors that a wait may cure: a timeout, a conflicting operation in progress, throttling.
+_PASSING_4XX = {408, 409, 429}
+#: Local configuration errors that no wait can cure.
+_LASTING = (NoRegionError, PartialCredentialsError, ParamValidationError)
 _BAD_CREDENTIALS = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -39,6 +52,8 @@ class S3Storage(Storage):
     Credentials not given here come from boto3's usual chain (environment, profile, role).
     Objects from ``multipart_threshold`` up go in parallel parts of ``multipart_chunksize``:
     below ~100 MB (AWS's own guidance) one PUT is cheaper, and measured faster on a local server.
+    A failed request is tried ``retries`` more times by botocore (standard mode: throttling and
+    server errors too, after a random exponential backoff: with 5 retries up to 31 s in all).
     The secret key is kept for reconnecting but never shown in a repr or an error.
     """
 
@@ -54,6 +69,7 @@ class S3Storage(Storage):
         max_pool_connections: int = 32,
         multipart_threshold: int = 128 * MiB,
         multipart_chunksize: int = 16 * MiB,
+        retries: int = 5,
     ) -> None:
         if not bucket:
             raise StorageError("S3 store needs a bucket name")
@@ -65,6 +81,7 @@ class S3Storage(Storage):
         self.max_pool_connections = max_pool_connections
         self.multipart_threshold = multipart_threshold
         self.multipart_chunksize = multipart_chunksize
+        self.retries = retries
         self._lock = threading.Lock()
         self._client_obj: Any = None
         self._client_pid = 0
@@ -87,7 +104,7 @@ class S3Storage(Storage):
         )
         config = Config(
             max_pool_connections=self.max_pool_connections,
-            retries={"max_attempts": 6, "mode": "standard"},
+            retries={"max_attempts": self.retries + 1, "mode": "standard"},
             connect_timeout=10,
         )
         return session.client("s3", endpoint_url=self.endpoint_url, config=config)
@@ -106,27 +123,39 @@ class S3Storage(Storage):
 
     @contextmanager
     def _errors(self, key: str | None = None) -> Iterator[None]:
-        """Turn botocore's exceptions into burstmap's one-line errors."""
+        """Turn botocore's exceptions into burstmap's one-line errors, marking those no wait can cure."""
         try:
             yield
         except ClientError as e:
-            code = str(e.response.get("Error", {}).get("Code", ""))
-            if key is not None and code in _MISSING_KEY:
-                raise KeyNotFoundError(f"no key {key!r} in S3 {self._where()}") from None
-            if code in {"NoSuchBucket", "404"}:
-                raise StorageError(f"S3 {self._where()} does not exist") from None
-            if code in _BAD_CREDENTIALS:
-                who = self.aws_access_key_id or "from the environment"
-                raise StorageError(
-                    f"S3 {self._where()} refused access key {who} ({code}): wrong credentials or no permission"
-                ) from None
-            raise StorageError(f"S3 {self._where()} failed: {code or e}") from None
+            raise self._refused(e, key) from None
         except EndpointConnectionError:
             raise StorageError(f"S3 {self._where()}: endpoint is unreachable") from None
         except NoCredentialsError:
-            raise StorageError(f"S3 {self._where()}: no credentials found") from None
+            raise permanent(f"S3 {self._where()}: no credentials found") from None
+        except _LASTING as e:
+            raise permanent(f"S3 {self._where()} cannot be used: {' '.join(str(e).split())}") from None
         except BotoCoreError as e:
             raise StorageError(f"S3 {self._where()} failed: {type(e).__name__}") from None
+        except Boto3Error as e:
+            if isinstance(e.__context__, ClientError):
+                raise self._refused(e.__context__, key) from None
+            raise StorageError(f"S3 {self._where()} failed: {type(e).__name__}") from None
+
+    def _refused(self, error: ClientError, key: str | None) -> StorageError:
+        """The error for a request S3 answered with an error code; a 4xx other than a throttle is permanent."""
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if key is not None and code in _MISSING_KEY:
+            return KeyNotFoundError(f"no key {key!r} in S3 {self._where()}")
+        if code in {"NoSuchBucket", "404"}:
+            return permanent(f"S3 {self._where()} does not exist")
+        if code in _BAD_CREDENTIALS:
+            who = self.aws_access_key_id or "from the environment"
+            return permanent(
+                f"S3 {self._where()} refused access key {who} ({code}): wrong credentials or no permission"
+            )
+        message = f"S3 {self._where()} failed: {code or error}"
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return permanent(message) if 400 <= status < 500 and status not in _PASSING_4XX else StorageError(message)
 
     def check(self) -> None:
         with self._errors():

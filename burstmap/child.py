@@ -1,0 +1,151 @@
+"""A call process: runs calls one at a time in a child process, so a call can be stopped and its death seen.
+
+The stand-alone daemon runs every call this way, and the Dask backend runs calls that have a
+timeout this way: a call that holds the GIL, or started processes of its own, is stopped at its
+deadline by killing the child's whole process group, whatever it is doing. The child dies with its
+parent (Linux ``PR_SET_PDEATHSIG``). Parent and child talk over a pipe of their own, never the
+child's stdout, which the call may write to.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+from .attempts import OUTAGE_EXIT, Attempts, how_it_ended
+from .job import Batch, Task, call_name
+from .storage.base import Storage
+
+__all__ = ["CallProcess", "Ended"]
+
+log = logging.getLogger("burstmap.worker")
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a call ended in its process: ``done`` (its status is written), ``timeout``, ``died``, or
+    ``outage`` (the store stayed unreachable past its limit: nobody's fault, the call runs again)."""
+
+    how: str
+    detail: str = ""
+    seconds: float = 0.0
+
+
+class CallProcess:
+    """A warm child process that runs the calls it is sent through the one handler."""
+
+    def __init__(self, storage: Storage, key: bytes, worker: str) -> None:
+        self._setup = (storage, key, worker)
+        self._process: subprocess.Popen | None = None
+        self._inbox: Connection
+        self._outbox: Connection
+
+    def run(self, task: Task, timeout: float | None) -> Ended:
+        """Run one call; stop it (and every process it started) once it runs past ``timeout`` seconds."""
+        inbox, process = self._child()
+        start = time.monotonic()
+        ready = []
+        try:
+            self._outbox.send_bytes(pickle.dumps(task))
+            ready = wait([inbox], timeout)
+            if ready:
+                return Ended("done", inbox.recv_bytes().decode(), time.monotonic() - start)
+        except (EOFError, OSError):
+            pass
+        seconds = time.monotonic() - start
+        if not ready and process.poll() is None:
+            self.close()
+            return Ended("timeout", seconds=seconds)
+        code = process.wait()
+        self.close()
+        return Ended("outage" if code == OUTAGE_EXIT else "died", how_it_ended(code), seconds)
+
+    def run_to_end(self, batch: Batch, task: Task, attempts: Attempts, where: str) -> Ended:
+        """Run a call of ``batch`` until it has a final outcome: re-run after a death within its budget (as
+        `Attempts` decides), a ``timeout`` record past its deadline, again after a store outage."""
+        while True:
+            start = time.time()
+            ended = self.run(task, batch.timeout)
+            log.info("%s call %s/%s attempt %d: %s %s in %.3fs", where, task.job_id, call_name(task.call_id),
+                     task.attempt, ended.how, ended.detail, ended.seconds)
+            if ended.how == "done":
+                return ended
+            if ended.how == "timeout":
+                attempts.timed_out(task, batch.timeout or 0.0, f"its process on {where}", start)
+                return ended
+            if ended.how == "died":
+                retry = attempts.died(task, batch.max_retries, f"its process on {where}", ended.detail, start)
+                if retry is None:
+                    return ended
+                task = retry
+
+    def _child(self) -> tuple[Connection, subprocess.Popen]:
+        if self._process is None or self._process.poll() is not None:
+            self.close()
+            to_parent_r, to_parent_w = os.pipe()
+            to_child_r, to_child_w = os.pipe()
+            theirs = (to_child_r, to_parent_w)
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", "from burstmap.child import main; main()", *map(str, theirs), str(os.getpid())],
+                pass_fds=theirs, start_new_session=True, env=_env(),
+            )
+            for fd in theirs:
+                os.close(fd)
+            self._inbox = Connection(to_parent_r, writable=False)
+            self._outbox = Connection(to_child_w, readable=False)
+            self._outbox.send_bytes(pickle.dumps(self._setup))
+        return self._inbox, self._process
+
+    def close(self) -> None:
+        """Kill the child and every process in its group."""
+        if self._process is not None:
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._process.wait()
+            self._inbox.close()
+            self._outbox.close()
+        self._process = None
+
+
+def _env() -> dict[str, str]:
+    """The child imports burstmap and the user's modules from where this process does."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+
+
+def main() -> None:
+    """The child: set up a handler from the first message, then answer each task with its final state."""
+    reads, writes, parent = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        return
+    from .errors import StorageError
+    from .worker import Handler
+
+    inbox, outbox = Connection(reads, writable=False), Connection(writes, readable=False)
+    storage, key, worker = pickle.loads(inbox.recv_bytes())
+    handler = Handler(storage, key, worker)
+    while True:
+        try:
+            task: Task = pickle.loads(inbox.recv_bytes())
+        except (EOFError, OSError):
+            return
+        try:
+            state = handler.run_task(task).state
+        except StorageError:
+            os._exit(OUTAGE_EXIT)
+        outbox.send_bytes(state.value.encode())
