@@ -185,7 +185,7 @@ def run(name: str, calls: int, kills: int, deadline: float) -> bool:
         done, count = threading.Event(), [0]
         thread = threading.Thread(target=killer, args=(victims, kills, done, count))
         start = time.perf_counter()
-        futures = ex.map(work, range(calls), max_retries=5)
+        futures = ex.map(work, range(calls), worker_retries=5)
         thread.start()
         try:
             burstmap.wait(futures, burstmap.ALL_COMPLETED, timeout=deadline, progress=False)

@@ -6,7 +6,7 @@ report into a re-run or a final ``died`` / ``timeout`` / ``rejected`` record, wr
 message format. A call whose status is already durable is final: it is never blamed, re-run or
 overwritten (a worker killed right after writing a status did not die *in* that call).
 
-Worker deaths are budgeted by the job's ``max_retries`` (a call runs at most ``max_retries + 1``
+Worker deaths are budgeted by the job's ``worker_retries`` (a call runs at most ``worker_retries + 1``
 times); exceptions a call raises are a separate, opt-in budget (``map(..., retries=)``).
 
 Some transports can only deliver a batch again as a whole (a Dask task rescheduled after its worker
@@ -87,7 +87,7 @@ class Attempts:
         lost = self._lost_in(layout, batch, delivery, first.call_id)
         if lost == 0:
             return todo
-        retry = self.died(dataclasses.replace(first, attempt=lost), batch.max_retries,
+        retry = self.died(dataclasses.replace(first, attempt=lost), batch.worker_retries,
                           "the worker that held its batch", "it vanished")
         return ([retry] if retry else []) + todo[1:]
 
@@ -116,18 +116,18 @@ class Attempts:
         """Whether the call already has a durable status."""
         return task.call_id in finished_calls(self.storage, Layout(task.prefix, task.job_id), (task.call_id,))
 
-    def died(self, task: Task, max_retries: int, where: str, how: str, start: float | None = None) -> Task | None:
+    def died(self, task: Task, worker_retries: int, where: str, how: str, start: float | None = None) -> Task | None:
         """The delivery ended while ``task`` ran: the next attempt to run, or ``None`` (a ``died`` record written).
 
         Returns ``None`` without writing anything when the call's status is already durable.
         """
         if self.is_final(task):
             return None
-        if task.attempt <= max_retries:
+        if task.attempt <= worker_retries:
             return dataclasses.replace(task, attempt=task.attempt + 1)
         error = WorkerDiedError(
             f"call {task.job_id}/{call_name(task.call_id)}: {where} died ({how}) while running it, "
-            f"in attempt {task.attempt} of {max_retries + 1}"
+            f"in attempt {task.attempt} of {worker_retries + 1}"
         )
         self._write(task, CallState.DIED, error, start)
         return None

@@ -84,7 +84,7 @@ class CallProcess:
                 attempts.timed_out(task, batch.timeout or 0.0, f"its process on {where}", start)
                 return ended
             if ended.how == "died":
-                retry = attempts.died(task, batch.max_retries, f"its process on {where}", ended.detail, start)
+                retry = attempts.died(task, batch.worker_retries, f"its process on {where}", ended.detail, start)
                 if retry is None:
                     return ended
                 task = retry

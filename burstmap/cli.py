@@ -156,7 +156,7 @@ def _is_running(job: JobRecords, now: float) -> bool:
 
 _DEFAULT_CONFIG = """\
 # burstmap configuration. Environment variables override each setting:
-# BURSTMAP_BACKEND, BURSTMAP_STORAGE, BURSTMAP_PREFIX, BURSTMAP_TIMEOUT, BURSTMAP_MAX_RETRIES,
+# BURSTMAP_BACKEND, BURSTMAP_STORAGE, BURSTMAP_PREFIX, BURSTMAP_TIMEOUT, BURSTMAP_WORKER_RETRIES,
 # BURSTMAP_PROGRESS, BURSTMAP_SECRET_KEY, BURSTMAP_BACKEND_<OPTION>, BURSTMAP_STORAGE_<OPTION>.
 
 # Where calls run: local (worker processes on this machine).
@@ -173,7 +173,7 @@ storage:
 prefix: burstmap
 
 # timeout: 600            # seconds after which a call is stopped (default: none)
-max_retries: 2            # re-runs of a call whose worker died
+worker_retries: 2            # re-runs of a call whose worker died
 progress: auto            # progress bar: true, false or auto (when stderr is a terminal)
 
 # The HMAC key that signs payloads; the same on every machine of a job.
@@ -222,7 +222,7 @@ def config_show(session: Session) -> None:
     shown = {
         "backend": {"name": cfg.backend.name, **cfg.backend.options},
         "storage": session.store_url or {"name": cfg.storage.name, **cfg.storage.options},
-        "prefix": cfg.prefix, "timeout": cfg.timeout, "max_retries": cfg.max_retries,
+        "prefix": cfg.prefix, "timeout": cfg.timeout, "worker_retries": cfg.worker_retries,
         "progress": "auto" if cfg.progress is None else cfg.progress,
         "secret_key": cfg.secret_key,
     }

@@ -6,12 +6,12 @@ The file is ``$BURSTMAP_CONFIG`` or ``config.yaml`` in the per-user config direc
     storage: {name: local, path: /data/burstmap}
     prefix: burstmap
     timeout: 600
-    max_retries: 2
+    worker_retries: 2
     progress: auto
     secret_key: ...                         # else generated into the per-user config dir
 
 Environment variables override it: ``BURSTMAP_BACKEND``, ``BURSTMAP_STORAGE``, ``BURSTMAP_PREFIX``,
-``BURSTMAP_TIMEOUT``, ``BURSTMAP_MAX_RETRIES``, ``BURSTMAP_PROGRESS``, ``BURSTMAP_SECRET_KEY``, and
+``BURSTMAP_TIMEOUT``, ``BURSTMAP_WORKER_RETRIES``, ``BURSTMAP_PROGRESS``, ``BURSTMAP_SECRET_KEY``, and
 ``BURSTMAP_BACKEND_<OPTION>`` / ``BURSTMAP_STORAGE_<OPTION>`` for one option of the backend or store.
 """
 
@@ -67,15 +67,15 @@ class Config:
     storage: Component = Component("local")
     prefix: str = "burstmap"
     timeout: float | None = None
-    max_retries: int = 2
+    worker_retries: int = 2
     progress: bool | None = None
     secret_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout <= 0):
             raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ConfigError(f"max_retries must be a non-negative integer, not {self.max_retries!r}")
+        if not isinstance(self.worker_retries, int) or self.worker_retries < 0:
+            raise ConfigError(f"worker_retries must be a non-negative integer, not {self.worker_retries!r}")
         if not isinstance(self.prefix, str) or not self.prefix or self.prefix.startswith("/"):
             raise ConfigError(f"prefix must be a relative key prefix, not {self.prefix!r}")
 

@@ -2,7 +2,7 @@
 
 ``concurrency`` slots each hold one message at a time and drive one child process that runs the
 calls through the one handler, so a call past its timeout is stopped by killing its child, and a
-child that dies is replaced and its call re-run (up to the job's ``max_retries``). A message is
+child that dies is replaced and its call re-run (up to the job's ``worker_retries``). A message is
 acknowledged only once every call's status is written; a heartbeat thread extends the leases of
 the messages being worked on. If the daemon itself is killed, its children die with it (Linux
 ``PR_SET_PDEATHSIG``) and its messages are delivered again once their lease runs out.
@@ -163,8 +163,8 @@ class _Slot:
         except PayloadRejectedError as e:
             self.refuse(message, e)
             return
-        if not self.daemon.storage.exists(Layout(batch.prefix, batch.job_id).manifest):
-            log.warning("worker %s: dropped a batch of job %s, which is no longer in the store", self.name, batch.job_id)
+        if not self.attempts.storage.exists(Layout(batch.prefix, batch.job_id).manifest):
+            log.warning("worker %s: dropped a batch of job %s, no longer in the store", self.name, batch.job_id)
             return
         for task in self.attempts.begin(batch):
             self._calls.run_to_end(batch, task, self.attempts, self.name)

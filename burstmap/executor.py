@@ -53,7 +53,7 @@ class Executor(cf.Executor):
         backend: a `Backend`, the registered name of one (options then come from the config), or a
             mapping ``{"name": ..., option: value}``.
         storage: a `Storage`, or a name or mapping as for ``backend``.
-        settings: any other `Config` field (``prefix``, ``timeout``, ``max_retries``, ``progress``,
+        settings: any other `Config` field (``prefix``, ``timeout``, ``worker_retries``, ``progress``,
             ``secret_key``); they override the config file and environment.
     """
 
@@ -85,7 +85,7 @@ class Executor(cf.Executor):
                 self._started = True
 
     def _submit_job(self, func: Callable, calls: Iterable[tuple[tuple, dict]], timeout: float | None,
-                    max_retries: int | None, kind: str = "map", job_id: str | None = None,
+                    worker_retries: int | None, kind: str = "map", job_id: str | None = None,
                     name: str | None = None) -> list[ResponseFuture]:
         job_id = job_id or new_job_id()
         func_blob = seal(self._key, f"{job_id}/func", dumps_function(func))
@@ -97,7 +97,7 @@ class Executor(cf.Executor):
             job_id=job_id, prefix=self.config.prefix, function=name or _qualname(func), offsets=tuple(offsets),
             submitted=time.time(), host=socket.gethostname(),
             timeout=timeout if timeout is not None else self.config.timeout,
-            max_retries=max_retries if max_retries is not None else self.config.max_retries, kind=kind,
+            worker_retries=self.config.worker_retries if worker_retries is None else worker_retries, kind=kind,
         )
         layout = manifest.layout
         self.storage.put(layout.func, func_blob)
@@ -129,7 +129,7 @@ class Executor(cf.Executor):
         return self._submit_job(fn, [(args, kwargs)], None, None)[0]
 
     def map(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (),  # type: ignore[override]
-            timeout: float | None = None, max_retries: int | None = None, retries: int = 0,
+            timeout: float | None = None, worker_retries: int | None = None, retries: int = 0,
             retry_on: tuple[type[BaseException], ...] = (Exception,), chunk_size: int | str | None = None,
             newline_aligned: bool = True) -> list[ResponseFuture]:
         """Run ``func(item, *extra_args)`` for every item, one call each; return the futures at once.
@@ -139,7 +139,8 @@ class Executor(cf.Executor):
                 a storage URL, a local directory or a list of URLs, one call per object or chunk, each
                 given a `DataPiece`.
             timeout: seconds after which a call is stopped and its future raises `CallTimeoutError`.
-            max_retries: how often a call whose worker died is re-run.
+            worker_retries: how often a call whose worker died (killed, out of memory) is run again;
+                after that its future raises `WorkerDiedError`.
             retries: how often a call that raises one of ``retry_on`` is tried again, with
                 exponential backoff; exceptions are not retried by default.
             chunk_size: with data, split objects into byte ranges of this size (``"64MiB"``).
@@ -153,7 +154,7 @@ class Executor(cf.Executor):
         name = _qualname(func)
         if retries:
             func = Retrying(func, retries, tuple(retry_on))
-        return self._submit_job(func, (((item, *extra), {}) for item in iterdata), timeout, max_retries, name=name)
+        return self._submit_job(func, (((item, *extra), {}) for item in iterdata), timeout, worker_retries, name=name)
 
     def reduce(self, func: Callable, futures: Iterable[ResponseFuture], extra_args: Iterable[Any] = (),
                timeout: float | None = None) -> ResponseFuture:

@@ -124,7 +124,7 @@ class Manifest:
     submitted: float
     host: str
     timeout: float | None = None
-    max_retries: int = 2
+    worker_retries: int = 2
     kind: str = "map"
 
     @property
@@ -185,7 +185,7 @@ class Batch:
     job_id: str
     tasks: tuple[Task, ...]
     timeout: float | None = None
-    max_retries: int = 2
+    worker_retries: int = 2
     delivery: str = field(default_factory=lambda: secrets.token_hex(8))
 
     @classmethod
@@ -194,13 +194,13 @@ class Batch:
         attempts = attempts or {}
         tasks = tuple(Task(manifest.prefix, manifest.job_id, c, *manifest.data_range(c), attempts.get(c, 1))
                       for c in call_ids)
-        return cls(manifest.prefix, manifest.job_id, tasks, manifest.timeout, manifest.max_retries)
+        return cls(manifest.prefix, manifest.job_id, tasks, manifest.timeout, manifest.worker_retries)
 
     def encode(self, key: bytes) -> bytes:
         """``<hex MAC>.<JSON>``: JSON, never a pickle, signed with the job's key."""
         body = json.dumps({
             "v": 2, "prefix": self.prefix, "job": self.job_id, "timeout": self.timeout,
-            "max_retries": self.max_retries, "delivery": self.delivery,
+            "worker_retries": self.worker_retries, "delivery": self.delivery,
             "calls": [[t.call_id, t.start, t.end, t.attempt] for t in self.tasks],
         }, separators=(",", ":")).encode()
         return seal(key, "batch", body)[:MAC_SIZE].hex().encode() + b"." + body
@@ -217,7 +217,7 @@ class Batch:
             if not tasks:
                 raise ValueError("no calls")
             timeout = None if fields["timeout"] is None else float(fields["timeout"])
-            return cls(prefix, job, tasks, timeout, int(fields["max_retries"]), str(fields["delivery"]))
+            return cls(prefix, job, tasks, timeout, int(fields["worker_retries"]), str(fields["delivery"]))
         except PayloadRejectedError:
             raise
         except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, RecursionError) as e:

@@ -130,7 +130,7 @@ def test_call_past_its_timeout_is_stopped_inside_the_function(aws: str) -> None:
 def test_lost_invocation_is_retried_then_recorded_as_died(aws: str) -> None:
     invoker = EmulatedInvoker(timeout=1)
     with _executor(aws, invoker, calls_per_invoke=1) as ex:
-        (future,) = ex.map(crash, [7], max_retries=1)
+        (future,) = ex.map(crash, [7], worker_retries=1)
         with pytest.raises(WorkerDiedError, match=r"call \S+/00000: its Lambda invocation died .* attempt 2 of 2"):
             future.result(timeout=60)
     assert future.record.attempt == 2

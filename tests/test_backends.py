@@ -179,7 +179,7 @@ def test_worker_killed_mid_call_is_rerun(executor, tmp_path):
 
 
 def test_worker_dying_in_every_attempt_fails_that_call_only(executor):
-    futures = executor.map(always_die, [0], max_retries=1)
+    futures = executor.map(always_die, [0], worker_retries=1)
     healthy = executor.map(square, range(4))
     with pytest.raises(WorkerDiedError, match=r"died .*in attempt 2 of 2"):
         futures[0].result(timeout=120)

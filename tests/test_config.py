@@ -21,11 +21,11 @@ def config_file(tmp_path, monkeypatch):
 def test_defaults_without_any_file():
     config = load_config()
     assert config.backend == Component("local") and config.storage == Component("local")
-    assert config.max_retries == 2 and config.timeout is None
+    assert config.worker_retries == 2 and config.timeout is None
 
 
 def test_file_then_environment_then_keywords(config_file, monkeypatch):
-    config_file.write_text("backend: {name: local, workers: 3}\ntimeout: 10\nmax_retries: 1\nprefix: fromfile\n")
+    config_file.write_text("backend: {name: local, workers: 3}\ntimeout: 10\nworker_retries: 1\nprefix: fromfile\n")
     assert load_config().timeout == 10 and load_config().backend.options == {"workers": 3}
     monkeypatch.setenv("BURSTMAP_TIMEOUT", "20")
     monkeypatch.setenv("BURSTMAP_BACKEND_WORKERS", "4")

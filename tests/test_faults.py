@@ -42,7 +42,7 @@ def runs_of(folder: Path, x: int) -> int:
 
 
 def test_calls_that_end_their_worker_never_hang_the_others(executor, tmp_path):
-    futures = executor.map(crash_every_third, [(str(tmp_path), x) for x in range(12)], max_retries=0)
+    futures = executor.map(crash_every_third, [(str(tmp_path), x) for x in range(12)], worker_retries=0)
     done, not_done = burstmap.wait(futures, timeout=120)
     assert not not_done
     for x, future in enumerate(futures):
@@ -69,7 +69,7 @@ def die_soon_after(args):
 
 
 def test_a_worker_that_dies_after_storing_a_status_is_not_blamed_for_it(executor, tmp_path):
-    future = executor.map(die_soon_after, [(str(tmp_path), 0)], max_retries=0)[0]
+    future = executor.map(die_soon_after, [(str(tmp_path), 0)], worker_retries=0)[0]
     assert future.result(timeout=60) == 0
     (marker,) = tmp_path.glob("0.*")
     pid = int(marker.name.split(".")[1])

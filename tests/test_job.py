@@ -49,7 +49,7 @@ def test_a_manifest_edited_or_moved_to_another_job_is_refused():
 
 
 def test_batch_round_trip_and_forgeries():
-    manifest = Manifest("job-1", "pre", "f", (0, 10, 20, 30), 1.0, "host", timeout=3.0, max_retries=1)
+    manifest = Manifest("job-1", "pre", "f", (0, 10, 20, 30), 1.0, "host", timeout=3.0, worker_retries=1)
     batch = Batch.of(manifest, [1, 2], {2: 3})
     back = Batch.decode(KEY, batch.encode(KEY))
     assert back == batch and [(t.call_id, t.start, t.end, t.attempt) for t in back.tasks] == [(1, 10, 20, 1), (2, 20, 30, 3)]

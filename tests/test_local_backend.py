@@ -108,7 +108,7 @@ def test_script_without_main_guard_gets_a_clear_error(tmp_path):
 def test_workers_killed_while_starting_are_replaced_and_lose_nothing(tmp_path):
     with burstmap.Executor(backend=LocalBackend(workers=1), storage=LocalStorage(tmp_path), secret_key=TEST_SECRET,
                            progress=False) as ex:
-        futures = ex.map(announce_then_sleep, [(str(tmp_path), i) for i in range(3)], max_retries=10)
+        futures = ex.map(announce_then_sleep, [(str(tmp_path), i) for i in range(3)], worker_retries=10)
         killed = [int(wait_for(tmp_path / "0.pid"))]
         os.kill(killed[0], signal.SIGKILL)
         deadline = time.monotonic() + 60

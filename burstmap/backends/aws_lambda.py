@@ -306,7 +306,7 @@ class _Monitor:
         missing = [task for task in invocation.batch.tasks if task.call_id in invocation.missing]
         how = (f"no status within function {backend.function_name!r}'s timeout of {backend.timeout:g}s + "
                f"{backend.grace:g}s grace: it crashed, ran out of memory or was lost; see its CloudWatch logs")
-        again = self._attempts.died(missing[0], invocation.manifest.max_retries, "its Lambda invocation", how)
+        again = self._attempts.died(missing[0], invocation.manifest.worker_retries, "its Lambda invocation", how)
         tasks = ([again] if again else []) + missing[1:]
         return [(invocation.manifest, task.call_id, task.attempt) for task in tasks]
 

@@ -302,7 +302,7 @@ class _Pool:
         manifest, task = batch[index]
         where = f"worker {slot.name} (pid {slot.process.pid}) on {os.uname().nodename}"
         retry = self._settle(manifest, task, lambda: self._attempts.died(
-            task, manifest.max_retries, where, how_it_ended(slot.process.exitcode), start))
+            task, manifest.worker_retries, where, how_it_ended(slot.process.exitcode), start))
         again = [(manifest, retry)] if retry else []
         self._replace(slot, requeue=batch[durable:index] + again + batch[index + 1:] + slot.unstarted(after))
 

@@ -26,7 +26,10 @@ def open_queue(url: str) -> Queue:
     for name in _FLOATS & set(options):
         options[name] = float(options[name])
     cls = registry.load("queue", parts.scheme)
-    where = parts.netloc if parts.scheme == "sqs" else urlunsplit((parts.scheme, parts.netloc, parts.path or "/0", "", ""))
+    if parts.scheme == "sqs":
+        where = parts.netloc
+    else:
+        where = urlunsplit((parts.scheme, parts.netloc, parts.path or "/0", "", ""))
     try:
         return cls(where, **options)
     except TypeError as e:
