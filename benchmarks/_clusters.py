@@ -1,7 +1,9 @@
-"""Real servers on loopback for the benchmarks: a Dask scheduler and workers, redis-server, `burstmap worker` daemons.
+"""Real servers on loopback for the benchmarks: a Dask scheduler and workers, redis-server, a moto server,
+`burstmap worker` daemons.
 
 Every process is started in a session of its own, so stopping it also sweeps its children (a Dask
-worker process under its nanny, a daemon's call-running children) by that process group id.
+worker process under its nanny) by that process group id; a daemon's call-running children lead
+sessions of their own and die with it (a parent-death signal).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -91,24 +94,68 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-@contextlib.contextmanager
-def redis_server(folder: str) -> Iterator[str]:
-    """A redis-server on a free loopback port, persistence off; yields its URL (database 0)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-    port = free_port()
-    proc = spawn([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                  "--dir", folder])
+class RedisServer:
+    """A redis-server on a free loopback port that can be stopped and started again on that port.
 
-    def ready() -> bool:
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+    With ``persist`` it keeps an append-only file in ``folder``, so what it held survives a restart.
+    """
+
+    def __init__(self, folder: str, persist: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._command = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                         "--appendonly", "yes" if persist else "no", "--dir", folder]
+        self._proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        """Start it and wait until it answers PING."""
+        self._proc = spawn(self._command)
+        try:
+            wait_until(self._ready, [self._proc], "redis-server")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM it: it writes its append-only file out and exits."""
+        if self._proc is not None:
+            stop(self._proc)
+            self._proc = None
+
+    def _ready(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
             s.sendall(b"PING\r\n")
             return s.recv(16).startswith(b"+PONG")
 
+
+@contextlib.contextmanager
+def redis_server(folder: str, persist: bool = False) -> Iterator[RedisServer]:
+    """A started `RedisServer` (database 0 at its ``url``), stopped on the way out."""
+    server = RedisServer(folder, persist)
+    server.start()
     try:
-        wait_until(ready, [proc], "redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def moto_server(folder: str) -> Iterator[str]:
+    """A moto server (S3, IAM, Lambda) on a free loopback port; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], cwd=folder)
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=2) as reply:
+            return reply.status == 200
+
+    try:
+        wait_until(ready, [proc], "moto server")
+        yield endpoint
     finally:
         stop(proc)
 

@@ -1,10 +1,11 @@
 """A call process: runs calls one at a time in a child process, so a call can be stopped and its death seen.
 
-The stand-alone daemon runs every call this way, and the Dask backend runs calls that have a
-timeout this way: a call that holds the GIL, or started processes of its own, is stopped at its
-deadline by killing the child's whole process group, whatever it is doing. The child dies with its
-parent (Linux ``PR_SET_PDEATHSIG``). Parent and child talk over a pipe of their own, never the
-child's stdout, which the call may write to.
+The stand-alone daemon and the Lambda entry point run every call this way, and the Dask backend
+runs calls that have a timeout this way: a call that holds the GIL, or started processes of its
+own, is stopped at its deadline by killing the child's whole process group, whatever it is doing.
+The child dies with its parent (Linux ``PR_SET_PDEATHSIG``). Parent and child talk over a pipe of their own, never the
+child's stdout, which the call may write to: a subprocess and ``os.pipe``, nothing that needs
+``/dev/shm``, which Lambda lacks.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
 from .attempts import OUTAGE_EXIT, Attempts, how_it_ended
-from .job import Batch, Task, call_name
+from .errors import StorageError
+from .job import Batch, Record, Task, call_name
 from .storage.base import Storage
+from .worker import Handler
 
 __all__ = ["CallProcess", "Ended"]
 
@@ -50,13 +54,17 @@ class CallProcess:
         self._inbox: Connection
         self._outbox: Connection
 
-    def run(self, task: Task, timeout: float | None) -> Ended:
-        """Run one call; stop it (and every process it started) once it runs past ``timeout`` seconds."""
+    def run(self, task: Task, timeout: float | None, annotate: Callable[[Record], None] | None = None) -> Ended:
+        """Run one call; stop it (and every process it started) once it runs past ``timeout`` seconds.
+
+        ``annotate`` (picklable: it runs in the child) adds what the caller knows to the call's
+        record before it is written, as `Handler.annotate` does (Lambda's request id and billed time).
+        """
         inbox, process = self._child()
         start = time.monotonic()
         ready = []
         try:
-            self._outbox.send_bytes(pickle.dumps(task))
+            self._outbox.send_bytes(pickle.dumps((task, annotate)))
             ready = wait([inbox], timeout)
             if ready:
                 return Ended("done", inbox.recv_bytes().decode(), time.monotonic() - start)
@@ -124,6 +132,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
 
 
+class _ChildHandler(Handler):
+    """The child's handler: the ``annotate`` its parent sent with the call adds to the call's record."""
+
+    note: Callable[[Record], None] | None = None
+
+    def annotate(self, task: Task, record: Record) -> None:
+        """Let the parent's ``annotate`` add to the record, if it sent one."""
+        if self.note is not None:
+            self.note(record)
+
+
 def main() -> None:
     """The child: set up a handler from the first message, then answer each task with its final state."""
     reads, writes, parent = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
@@ -133,15 +152,12 @@ def main() -> None:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         return
-    from .errors import StorageError
-    from .worker import Handler
-
     inbox, outbox = Connection(reads, writable=False), Connection(writes, readable=False)
     storage, key, worker = pickle.loads(inbox.recv_bytes())
-    handler = Handler(storage, key, worker)
+    handler = _ChildHandler(storage, key, worker)
     while True:
         try:
-            task: Task = pickle.loads(inbox.recv_bytes())
+            task, handler.note = pickle.loads(inbox.recv_bytes())
         except (EOFError, OSError):
             return
         try:

@@ -166,7 +166,11 @@ class _Slot:
         if not self.attempts.storage.exists(Layout(batch.prefix, batch.job_id).manifest):
             log.warning("worker %s: dropped a batch of job %s, no longer in the store", self.name, batch.job_id)
             return
-        for task in self.attempts.begin(batch):
+        todo = self.attempts.begin(batch)
+        if not todo:
+            log.info("worker %s: every call of a batch of job %s already has a status (a replay or a late "
+                     "re-delivery); nothing runs", self.name, batch.job_id)
+        for task in todo:
             self._calls.run_to_end(batch, task, self.attempts, self.name)
 
     def refuse(self, message: Message, error: PayloadRejectedError) -> None:

@@ -23,6 +23,7 @@ from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manife
 from .partition import is_data_source, pieces
 from .retry import Retrying
 from .serialize import dumps_calls, dumps_function, seal
+from .storage import Patient
 from .storage.base import Storage
 from .watcher import Watcher
 from .worker import Handler
@@ -99,10 +100,12 @@ class Executor(cf.Executor):
             timeout=timeout if timeout is not None else self.config.timeout,
             worker_retries=self.config.worker_retries if worker_retries is None else worker_retries, kind=kind,
         )
-        layout = manifest.layout
-        self.storage.put(layout.func, func_blob)
-        self.storage.put(layout.data, data)
-        self.storage.put(layout.manifest, manifest.encode(self._key))  # last: a job is listed only once it can run
+        layout, store = manifest.layout, Patient(self.storage)
+        if store.exists(layout.manifest):
+            raise ConfigError(f"job {job_id!r} already exists under prefix {self.config.prefix!r}: job ids are never reused")
+        store.put(layout.func, func_blob)
+        store.put(layout.data, data)
+        store.put(layout.manifest, manifest.encode(self._key))  # last: a job is listed only once it can run
         futures = self._futures(layout, manifest.n_calls)
         self._watcher.watch(layout, futures)
         self._run(manifest, range(manifest.n_calls))

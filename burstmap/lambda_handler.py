@@ -7,8 +7,13 @@ function's ``BURSTMAP_SECRET_KEY`` variable. An event whose batch does not verif
 that comes from another burstmap or Python version, runs nothing: each call it names gets a
 ``rejected`` record, signed with the function's key, that tells the client why.
 
-A call that would outlive the invocation (or its job's timeout) is stopped by SIGALRM a little
-before the end and recorded as ``timeout``; calls of the batch left without time are left to the
+Each call runs in a child process of the invocation (`burstmap.child.CallProcess`, kept warm with
+the container), so that a call past its limit is stopped whatever it does, even holding the GIL in
+C code, together with every process it started. Lambda allows subprocesses and pipes (not
+``/dev/shm``, so no `multiprocessing` queues), which is all `CallProcess` uses. A call's limit is its
+job's timeout or the function's remaining time less a margin, whichever is sooner; a call stopped at
+it is recorded as ``timeout``, naming the limit it hit. A call whose process died runs again within
+the invocation as `Attempts` decides; calls of the batch left without time are left to the
 client's monitor, which invokes them again.
 """
 
@@ -17,14 +22,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
 from .attempts import Attempts
 from .aws import LambdaError
-from .errors import CallTimeoutError, ConfigError, PayloadRejectedError
+from .child import CallProcess
+from .errors import CallTimeoutError, ConfigError, PayloadRejectedError, StorageError
 from .job import Batch, CallState, Record, Task, call_name
 from .storage.patient import Patient
 from .storage.s3 import S3Storage
@@ -60,38 +67,85 @@ def make_event(store: S3Storage, batch: Batch, key: bytes) -> bytes:
     return payload
 
 
+@dataclass(frozen=True)
+class _Invocation:
+    """The invocation a call runs in, as its records tell it; picklable, so the call's process annotates too."""
+
+    request_id: str
+    memory_mb: int
+    deadline: float  # the `time.time` at which the function's time runs out
+
+    @classmethod
+    def of(cls, context: Any) -> _Invocation:
+        """The invocation Lambda's ``context`` describes."""
+        remaining = context.get_remaining_time_in_millis() / 1000
+        return cls(context.aws_request_id, int(context.memory_limit_in_mb), time.time() + remaining)
+
+    def remaining(self) -> float:
+        """Seconds left before Lambda ends the invocation."""
+        return self.deadline - time.time()
+
+    def annotate(self, record: Record) -> None:
+        """Add Lambda's request id, memory, the call's billed time and the time left to the record's ``info``."""
+        now = time.time()
+        record.info.update(
+            aws_request_id=self.request_id,
+            memory_mb=self.memory_mb,
+            billed_ms=max(1, int((now - record.start) * 1000)),
+            remaining_ms=max(0, int((self.deadline - now) * 1000)),
+        )
+
+
 class _LambdaHandler(Handler):
-    """The worker handler with Lambda's request id, memory and billed time in each record's ``info``."""
+    """Runs the calls of each invocation in the container's call process, and records the ones it stops."""
 
     def __init__(self, storage: Patient, key: bytes) -> None:
         super().__init__(storage, key, f"lambda:{os.environ.get('AWS_LAMBDA_FUNCTION_NAME', 'burstmap')}")
         self.attempts = Attempts(storage, key, self.worker)
-        self.context: Any = None
-        self._call_began = 0
-        self._limit = (0.0, False)
+        self.calls = CallProcess(storage, key, self.worker)
+        self.invocation = _Invocation("", 0, 0.0)
 
     def serve(self, batch: Batch, context: Any) -> None:
-        """Run the calls of one invocation in order, each under an alarm set to the time it may take."""
-        self.context = context
-        margin = min(_MARGIN, context.get_remaining_time_in_millis() / 10000)
-        previous = signal.signal(signal.SIGALRM, _alarm)
-        try:
-            for task in batch.tasks:
-                left = context.get_remaining_time_in_millis() / 1000 - margin
-                if left <= 0:
-                    return
-                self._run_until(task, min(left, batch.timeout) if batch.timeout else left, batch.timeout)
-        finally:
-            signal.signal(signal.SIGALRM, previous)
+        """Run the calls of one invocation in order while it has time left for them."""
+        self.invocation = _Invocation.of(context)
+        margin = min(_MARGIN, self.invocation.remaining() / 10)
+        for task in batch.tasks:
+            if not self._run_to_end(batch, task, margin):
+                return
 
-    def _run_until(self, task: Task, limit: float, timeout: float | None) -> None:
-        self._call_began = self.context.get_remaining_time_in_millis()
-        self._limit = (limit, bool(timeout) and limit >= timeout)
-        signal.setitimer(signal.ITIMER_REAL, limit)
-        try:
-            self.run_task(task)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+    def _run_to_end(self, batch: Batch, task: Task | None, margin: float) -> bool:
+        """Run a call until it has a final outcome; ``False`` if the invocation has no time left for it.
+
+        Raises:
+            StorageError: the store stayed unreachable past its outage limit; the client's monitor
+                sends the calls again.
+        """
+        while task is not None:
+            left = self.invocation.remaining() - margin
+            if left <= 0:
+                return False
+            limit = min(left, batch.timeout or left)
+            start = time.time()
+            ended = self.calls.run(task, limit, self.invocation.annotate)
+            if ended.how == "died":
+                task = self.attempts.died(task, batch.worker_retries, "its process on Lambda", ended.detail, start)
+                continue
+            if ended.how == "outage":
+                raise StorageError(f"the store stayed unreachable while call {task.job_id}/"
+                                   f"{call_name(task.call_id)} ran ({ended.detail})")
+            if ended.how == "timeout":
+                own = limit == batch.timeout
+                self._stopped(task, f"its timeout of {limit:g}s" if own else
+                              f"the function's remaining time ({limit:.1f}s)", start)
+            return True
+        return True
+
+    def _stopped(self, task: Task, why: str, start: float) -> None:
+        """A ``timeout`` record for a call stopped at ``why``, unless it finished first."""
+        if not self.attempts.is_final(task):
+            error = CallTimeoutError(f"call {task.job_id}/{call_name(task.call_id)} ran past {why} on Lambda "
+                                     "and was stopped")
+            self.write_failure(task, CallState.TIMEOUT, error, start)
 
     def verify(self, blob: bytes) -> Batch:
         """The batch an event carries, verified with the function's key; `PayloadRejectedError` otherwise."""
@@ -105,33 +159,8 @@ class _LambdaHandler(Handler):
             self.attempts.rejected(list(claimed.tasks), reason)
 
     def annotate(self, task: Task, record: Record) -> None:
-        """Turn a call stopped by the alarm into a ``timeout``; add Lambda's request id, memory and billed time."""
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        error = record.error or {}
-        if record.state is CallState.ERROR and error.get("type") == f"{_Alarm.__module__}.{_Alarm.__qualname__}":
-            limit, own = self._limit
-            why = f"its timeout of {limit:g}s" if own else f"the function's remaining time ({limit:.1f}s)"
-            record.state = CallState.TIMEOUT
-            record.error = {**error, "type": "burstmap.errors.CallTimeoutError",
-                            "message": f"call {task.job_id}/{call_name(task.call_id)} ran past {why} on Lambda "
-                                       "and was stopped"}
-            record.output = b""
-        remaining = self.context.get_remaining_time_in_millis()
-        record.info.update(
-            aws_request_id=self.context.aws_request_id,
-            memory_mb=int(self.context.memory_limit_in_mb),
-            billed_ms=max(1, self._call_began - remaining) if self._call_began else 1,
-            remaining_ms=remaining,
-        )
-
-
-class _Alarm(CallTimeoutError):
-    """Raised inside a call by SIGALRM when it reaches its time limit."""
-
-
-def _alarm(signum: int, frame: Any) -> None:
-    raise _Alarm("the call reached its time limit on Lambda (the job's timeout, or the function's "
-                 "remaining time) and was stopped")
+        """Add the invocation's facts to the records this handler writes (of calls it stopped)."""
+        self.invocation.annotate(record)
 
 
 _handlers: dict[tuple, _LambdaHandler] = {}

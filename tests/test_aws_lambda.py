@@ -84,7 +84,16 @@ def sleepy(seconds: float) -> float:
 
 
 def crash(x: int) -> int:
-    os.kill(os.getpid(), signal.SIGKILL)
+    """Kill the process running the call when ``x`` is 7."""
+    if x == 7:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def crash_the_invocation(x: int) -> int:
+    """Kill the Lambda runtime process whose call process runs this call (as Lambda kills one out of memory)."""
+    os.kill(os.getppid(), signal.SIGKILL)
+    time.sleep(60)
     return x
 
 
@@ -128,13 +137,25 @@ def test_call_past_its_timeout_is_stopped_inside_the_function(aws: str) -> None:
 
 
 def test_lost_invocation_is_retried_then_recorded_as_died(aws: str) -> None:
-    invoker = EmulatedInvoker(timeout=1)
+    invoker = EmulatedInvoker(timeout=3)
     with _executor(aws, invoker, calls_per_invoke=1) as ex:
-        (future,) = ex.map(crash, [7], worker_retries=1)
+        (future,) = ex.map(crash_the_invocation, [7], worker_retries=1)
         with pytest.raises(WorkerDiedError, match=r"call \S+/00000: its Lambda invocation died .* attempt 2 of 2"):
             future.result(timeout=60)
     assert future.record.attempt == 2
     assert [call[3] for call in invoker.calls()] == [1, 2]
+
+
+def test_a_call_whose_process_dies_is_retried_within_its_invocation(aws: str) -> None:
+    invoker = EmulatedInvoker(timeout=30)
+    with _executor(aws, invoker) as ex:
+        crashed, quick = ex.map(crash, [7, 0], worker_retries=1)
+        with pytest.raises(WorkerDiedError, match=r"call \S+/00000: its process on Lambda died \(killed by SIGKILL\) "
+                                                  r"while running it, in attempt 2 of 2"):
+            crashed.result(timeout=60)
+        assert quick.result(timeout=60) == 0
+    assert crashed.record.attempt == 2
+    assert [call[3] for call in invoker.calls()] == [1, 1]
 
 
 def test_version_mismatch_refuses_every_call_with_a_redeploy_hint(aws: str) -> None:

@@ -211,6 +211,31 @@ def test_a_client_with_another_key_is_told_its_calls_were_refused_and_nothing_ru
     assert not marker.exists()
 
 
+def test_a_replayed_message_never_runs_a_finished_call_again(standalone_workers, tmp_path):
+    store = RedisStorage(standalone_workers.store)
+    runs = tmp_path / "runs"
+    backend = StandaloneBackend(standalone_workers.queue)
+    sent, put = [], backend.queue.put
+    backend.queue.put = lambda bodies: (sent.extend(bodies), put(bodies))
+    with burstmap.Executor(backend=backend, storage=store, secret_key=TEST_SECRET, progress=False) as ex:
+        futures = ex.map(count_runs, [(str(runs), 0)] * 2)
+        assert burstmap.get_all_results(futures, timeout=60) == [0, 0]
+    job_id = futures[0].job_id
+    statuses = {key: store.get(key) for key in store.list(f"burstmap/jobs/{job_id}/status/")}
+    queue = open_queue(standalone_workers.queue)
+    queue.put(sent)
+    until(lambda: standalone_workers.log.read_text().count(f"batch of job {job_id} already has") == len(sent),
+          "the replayed messages to be taken")
+    assert runs.read_text().count("run") == 2
+    assert {key: store.get(key) for key in store.list(f"burstmap/jobs/{job_id}/status/")} == statuses
+    store.delete_prefix(f"burstmap/jobs/{job_id}/")
+    store.delete([f"burstmap/manifests/{job_id}.json"])
+    queue.put(sent)
+    until(lambda: standalone_workers.log.read_text().count(f"dropped a batch of job {job_id}") == len(sent),
+          "the messages of a cleaned job to be dropped")
+    assert runs.read_text().count("run") == 2
+
+
 def test_unreadable_messages_are_refused_unrun(standalone_workers):
     queue = open_queue(standalone_workers.queue)
     queue.put([b"not even json", b"00." + json.dumps({"job": "x", "calls": [[0, 0, 1]]}).encode()])

@@ -27,11 +27,14 @@ class QueueError(BurstmapError):
 
 @dataclass(frozen=True)
 class Message:
-    """One delivery of one message: its handle for ack/extend, its body and its delivery count."""
+    """One delivery of one message: its handle for ack/extend and its body.
+
+    Deliveries are counted in the store, not by the queue (see `burstmap.attempts.Attempts.begin`), so
+    that a message put on the queue again is recognised as the delivery it copies.
+    """
 
     handle: str
     body: bytes
-    delivery: int = 1
 
 
 class Queue(ABC):

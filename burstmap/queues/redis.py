@@ -85,14 +85,10 @@ class RedisQueue(Queue):
                                             start_id="0-0", count=max_messages)
             claimed = [(i, f) for i, f in reply[1] if f]
             if claimed:
-                return [Message(i.decode(), f[_FIELD], self._deliveries(i)) for i, f in claimed]
+                return [Message(i.decode(), f[_FIELD]) for i, f in claimed]
             streams = self._client.xreadgroup(self.group, self.consumer, {self.stream: ">"},
                                               count=max_messages, block=max(1, int(wait * 1000)))
         return [Message(i.decode(), f[_FIELD]) for _, entries in streams or () for i, f in entries if f]
-
-    def _deliveries(self, entry: bytes) -> int:
-        pending = self._client.xpending_range(self.stream, self.group, entry, entry, 1)
-        return int(pending[0]["times_delivered"]) if pending else 1
 
     def ack(self, message: Message) -> None:
         with self._errors():

@@ -1,8 +1,7 @@
 """A queue on Amazon SQS (or any SQS-compatible endpoint) through boto3.
 
 A received message is invisible for ``lease`` seconds (its visibility timeout); the worker holding
-it extends that while it runs the calls and deletes the message when they are done. SQS counts
-deliveries itself (``ApproximateReceiveCount``).
+it extends that while it runs the calls and deletes the message when they are done.
 """
 
 from __future__ import annotations
@@ -56,6 +55,12 @@ class SQSQueue(Queue):
                 self._url = self._client.get_queue_url(QueueName=self.queue)["QueueUrl"]
         return self._url
 
+    @property
+    def _sqs(self) -> Any:
+        """The boto3 client, made (and the queue's URL looked up) on first use."""
+        self.url
+        return self._client
+
     def check(self) -> None:
         self.url
 
@@ -64,33 +69,28 @@ class SQSQueue(Queue):
             for i in range(0, len(bodies), _SEND_BATCH):
                 entries = [{"Id": str(n), "MessageBody": body.decode("ascii")}
                            for n, body in enumerate(bodies[i:i + _SEND_BATCH])]
-                failed = self._client.send_message_batch(QueueUrl=self.url, Entries=entries).get("Failed")
+                failed = self._sqs.send_message_batch(QueueUrl=self.url, Entries=entries).get("Failed")
                 if failed:
                     raise QueueError(f"queue SQS {self.queue!r} refused {len(failed)} messages: {failed[0].get('Code')}")
 
     def get(self, max_messages: int, wait: float) -> list[Message]:
         with self._errors():
-            reply = self._client.receive_message(
+            reply = self._sqs.receive_message(
                 QueueUrl=self.url, MaxNumberOfMessages=max(1, min(max_messages, _SEND_BATCH)),
                 WaitTimeSeconds=int(min(20, wait)), VisibilityTimeout=int(self.lease),
-                MessageSystemAttributeNames=["ApproximateReceiveCount"],
             )
-        return [
-            Message(m["ReceiptHandle"], m["Body"].encode("ascii", "replace"),
-                    int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)))
-            for m in reply.get("Messages", ())
-        ]
+        return [Message(m["ReceiptHandle"], m["Body"].encode("ascii", "replace")) for m in reply.get("Messages", ())]
 
     def ack(self, message: Message) -> None:
         with self._errors():
-            self._client.delete_message(QueueUrl=self.url, ReceiptHandle=message.handle)
+            self._sqs.delete_message(QueueUrl=self.url, ReceiptHandle=message.handle)
 
     def extend(self, messages: Sequence[Message]) -> None:
         with self._errors():
             for i in range(0, len(messages), _SEND_BATCH):
                 entries = [{"Id": str(n), "ReceiptHandle": m.handle, "VisibilityTimeout": int(self.lease)}
                            for n, m in enumerate(messages[i:i + _SEND_BATCH])]
-                self._client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
+                self._sqs.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
 
     def __repr__(self) -> str:
         return f"SQSQueue(queue={self.queue!r}, endpoint_url={self.endpoint_url!r})"
