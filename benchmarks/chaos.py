@@ -5,9 +5,9 @@ Each row is one backend under one scenario, each started afresh:
 
 - kill: a job of --calls calls (0.01 s each, worker_retries=5) while a killer SIGKILLs a random victim
   every 50-300 ms, --kills times.
-- crash: the same job, except that every 50th input ends its own process (``os._exit(9)``) every time
-  (worker_retries=1): those calls must end as `WorkerDiedError` ("died", expected), the others return
-  their input.
+- crash: a job of --calls // 2 such calls, except that every 50th input ends its own process
+  (``os._exit(9)``) every time (worker_retries=1): those calls must end as `WorkerDiedError` ("died",
+  expected), the others return their input.
 - outage: a job of --calls // 2 calls of 0.05 s whose store, a redis-server with append-only
   persistence, is stopped for --down seconds once a fifth of the calls are done, then started again on
   the same port. Local (on a redis store) and standalone only.
@@ -53,7 +53,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ContextManager, NamedTuple
+from typing import Any, NamedTuple
 
 import burstmap
 from burstmap.backends.local import LocalBackend
@@ -237,7 +237,7 @@ def lambda_backend(folder: str, most_calls: int = 200) -> Iterator[Rig]:
 
 
 #: backend name -> context manager of a `Rig` in a scratch folder
-Backends = Mapping[str, Callable[[str], ContextManager[Rig]]]
+Backends = Mapping[str, Callable[[str], contextlib.AbstractContextManager[Rig]]]
 BACKENDS: Backends = {"local": local_backend, "dask": dask_backend, "standalone": standalone_backend,
                       "lambda": lambda_backend}
 
@@ -308,7 +308,7 @@ def scenarios(args: argparse.Namespace) -> dict[str, Scenario]:
     lambda_sized = {**BACKENDS, "lambda": functools.partial(lambda_backend, most_calls=args.lambda_calls)}
     return {
         "kill": Scenario("kill", lambda_sized, functools.partial(killer, kills=args.kills), args.calls, 5),
-        "crash": Scenario("crash", lambda_sized, calm, args.calls, 1, func=work_or_crash),
+        "crash": Scenario("crash", lambda_sized, calm, args.calls // 2, 1, func=work_or_crash),
         "outage": Scenario("outage", outage_backends, functools.partial(outage, seconds=args.down),
                            args.calls // 2, 5, pause=0.05),
     }
@@ -395,7 +395,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=sorted(BACKENDS))
     parser.add_argument("--scenarios", nargs="*", default=["kill", "crash", "outage"],
                         choices=["crash", "kill", "outage"])
-    parser.add_argument("--calls", type=int, default=1000, help="calls of a kill or crash job (an outage job: half)")
+    parser.add_argument("--calls", type=int, default=1000, help="calls of a kill job (a crash or outage job: half)")
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--down", type=float, default=10.0, help="seconds the store stays stopped in the outage")
     parser.add_argument("--lambda-calls", type=int, default=200, help="most calls of a job on the Lambda backend")

@@ -95,6 +95,11 @@ class Attempts:
         """Mark a delivery as ended on purpose at ``call_id``, so the next one blames no call for it."""
         self._mark(Layout(batch.prefix, batch.job_id), batch, delivery, call_id, ended="timeout")
 
+    def ended_on_purpose(self, batch: Batch, delivery: int = 1) -> bool:
+        """Whether a delivery of ``batch`` said it stopped on purpose (`end_by_timeout`): nobody died."""
+        marker = self._marker(Layout(batch.prefix, batch.job_id), batch, delivery)
+        return bool(marker and marker.get("ended"))
+
     def _marker(self, layout: Layout, batch: Batch, n: int) -> dict | None:
         try:
             return json.loads(self.storage.get(layout.delivery(batch.delivery, n)))

@@ -60,23 +60,33 @@ class CallProcess:
         ``annotate`` (picklable: it runs in the child) adds what the caller knows to the call's
         record before it is written, as `Handler.annotate` does (Lambda's request id and billed time).
         """
-        inbox, process = self._child()
         start = time.monotonic()
-        ready = []
         try:
+            inbox, process = self._child()
+            start = time.monotonic()
             self._outbox.send_bytes(pickle.dumps((task, annotate)))
-            ready = wait([inbox], timeout)
-            if ready:
+            if wait([inbox], timeout):
                 return Ended("done", inbox.recv_bytes().decode(), time.monotonic() - start)
+            if process.poll() is None:
+                self.close()
+                return Ended("timeout", seconds=time.monotonic() - start)
         except (EOFError, OSError):
             pass
         seconds = time.monotonic() - start
-        if not ready and process.poll() is None:
-            self.close()
-            return Ended("timeout", seconds=seconds)
-        code = process.wait()
+        code = self._process.wait() if self._process else None
         self.close()
         return Ended("outage" if code == OUTAGE_EXIT else "died", how_it_ended(code), seconds)
+
+    def start(self) -> None:
+        """Start the child unless it runs, and wait until it is ready: a call's time never counts its start.
+
+        `run` starts it too; a caller that bounds a call by a deadline starts it first. A child that
+        dies while starting is reported by the next `run`.
+        """
+        try:
+            self._child()
+        except (EOFError, OSError):
+            pass
 
     def run_to_end(self, batch: Batch, task: Task, attempts: Attempts, where: str) -> Ended:
         """Run a call of ``batch`` until it has a final outcome: re-run after a death within its budget (as
@@ -112,6 +122,7 @@ class CallProcess:
             self._inbox = Connection(to_parent_r, writable=False)
             self._outbox = Connection(to_child_w, readable=False)
             self._outbox.send_bytes(pickle.dumps(self._setup))
+            self._inbox.recv_bytes()  # the child is ready
         return self._inbox, self._process
 
     def close(self) -> None:
@@ -155,6 +166,7 @@ def main() -> None:
     inbox, outbox = Connection(reads, writable=False), Connection(writes, readable=False)
     storage, key, worker = pickle.loads(inbox.recv_bytes())
     handler = _ChildHandler(storage, key, worker)
+    outbox.send_bytes(b"ready")
     while True:
         try:
             task, handler.note = pickle.loads(inbox.recv_bytes())

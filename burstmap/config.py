@@ -6,13 +6,15 @@ The file is ``$BURSTMAP_CONFIG`` or ``config.yaml`` in the per-user config direc
     storage: {name: local, path: /data/burstmap}
     prefix: burstmap
     timeout: 600
-    worker_retries: 2
+    worker_retries: 2                       # re-runs of a call whose worker died
+    outage_limit: 60                        # seconds the client waits out an unreachable store
     progress: auto
     secret_key: ...                         # else generated into the per-user config dir
 
 Environment variables override it: ``BURSTMAP_BACKEND``, ``BURSTMAP_STORAGE``, ``BURSTMAP_PREFIX``,
-``BURSTMAP_TIMEOUT``, ``BURSTMAP_WORKER_RETRIES``, ``BURSTMAP_PROGRESS``, ``BURSTMAP_SECRET_KEY``, and
-``BURSTMAP_BACKEND_<OPTION>`` / ``BURSTMAP_STORAGE_<OPTION>`` for one option of the backend or store.
+``BURSTMAP_TIMEOUT``, ``BURSTMAP_WORKER_RETRIES``, ``BURSTMAP_OUTAGE_LIMIT``, ``BURSTMAP_PROGRESS``,
+``BURSTMAP_SECRET_KEY``, and ``BURSTMAP_BACKEND_<OPTION>`` / ``BURSTMAP_STORAGE_<OPTION>`` for one option
+of the backend or store.
 """
 
 from __future__ import annotations
@@ -68,12 +70,15 @@ class Config:
     prefix: str = "burstmap"
     timeout: float | None = None
     worker_retries: int = 2
+    outage_limit: float = 60.0
     progress: bool | None = None
     secret_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout <= 0):
             raise ConfigError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
+        if not isinstance(self.outage_limit, (int, float)) or self.outage_limit <= 0:
+            raise ConfigError(f"outage_limit must be a positive number of seconds, not {self.outage_limit!r}")
         if not isinstance(self.worker_retries, int) or self.worker_retries < 0:
             raise ConfigError(f"worker_retries must be a non-negative integer, not {self.worker_retries!r}")
         if not isinstance(self.prefix, str) or not self.prefix or self.prefix.startswith("/"):

@@ -73,7 +73,7 @@ class Executor(cf.Executor):
         self._lock = threading.Lock()
         self._started = False
         self._shutdown = False
-        self._watcher = Watcher(self.storage, self._key)
+        self._watcher = Watcher(self.storage, self._key, self.config.outage_limit)
         _live.add(self)
 
     def _start(self) -> None:
@@ -100,7 +100,7 @@ class Executor(cf.Executor):
             timeout=timeout if timeout is not None else self.config.timeout,
             worker_retries=self.config.worker_retries if worker_retries is None else worker_retries, kind=kind,
         )
-        layout, store = manifest.layout, Patient(self.storage)
+        layout, store = manifest.layout, Patient(self.storage, self.config.outage_limit)
         if store.exists(layout.manifest):
             raise ConfigError(f"job {job_id!r} already exists under prefix {self.config.prefix!r}: job ids are never reused")
         store.put(layout.func, func_blob)

@@ -12,9 +12,10 @@ the container), so that a call past its limit is stopped whatever it does, even 
 C code, together with every process it started. Lambda allows subprocesses and pipes (not
 ``/dev/shm``, so no `multiprocessing` queues), which is all `CallProcess` uses. A call's limit is its
 job's timeout or the function's remaining time less a margin, whichever is sooner; a call stopped at
-it is recorded as ``timeout``, naming the limit it hit. A call whose process died runs again within
-the invocation as `Attempts` decides; calls of the batch left without time are left to the
-client's monitor, which invokes them again.
+it is recorded as ``timeout``, naming the limit it hit, unless only the remaining time stopped it and
+earlier calls had used some of it. A call whose process died runs again within the invocation as
+`Attempts` decides. Calls of the batch left without time are marked in the store as left on purpose
+(`Attempts.end_by_timeout`), and the client's monitor invokes them again without blaming any.
 """
 
 from __future__ import annotations
@@ -109,18 +110,23 @@ class _LambdaHandler(Handler):
         """Run the calls of one invocation in order while it has time left for them."""
         self.invocation = _Invocation.of(context)
         margin = min(_MARGIN, self.invocation.remaining() / 10)
-        for task in batch.tasks:
-            if not self._run_to_end(batch, task, margin):
+        for i, task in enumerate(batch.tasks):
+            if not self._run_to_end(batch, task, margin, first=i == 0):
+                self.attempts.end_by_timeout(batch, 1, task.call_id)
                 return
 
-    def _run_to_end(self, batch: Batch, task: Task | None, margin: float) -> bool:
+    def _run_to_end(self, batch: Batch, task: Task | None, margin: float, first: bool) -> bool:
         """Run a call until it has a final outcome; ``False`` if the invocation has no time left for it.
+
+        A call stopped by the function's remaining time is recorded as ``timeout`` only when it had
+        the whole invocation (it is the ``first``): a later one is sent again in an invocation of its own.
 
         Raises:
             StorageError: the store stayed unreachable past its outage limit; the client's monitor
                 sends the calls again.
         """
         while task is not None:
+            self.calls.start()
             left = self.invocation.remaining() - margin
             if left <= 0:
                 return False
@@ -135,6 +141,8 @@ class _LambdaHandler(Handler):
                                    f"{call_name(task.call_id)} ran ({ended.detail})")
             if ended.how == "timeout":
                 own = limit == batch.timeout
+                if not (own or first):
+                    return False
                 self._stopped(task, f"its timeout of {limit:g}s" if own else
                               f"the function's remaining time ({limit:.1f}s)", start)
             return True

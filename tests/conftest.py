@@ -309,9 +309,9 @@ def lambda_executor(request: pytest.FixtureRequest, folder: Path) -> Any:
                         ("AWS_DEFAULT_REGION", REGION)):
         os.environ.setdefault(name, value)
     deploy_function(endpoint, "burstmap-suite", "suite-lambda")
-    invoker = EmulatedInvoker(timeout=4, secret=TEST_SECRET, function="burstmap-suite")
+    invoker = EmulatedInvoker(timeout=8, secret=TEST_SECRET, function="burstmap-suite")
     backend = LambdaBackend(function_name="burstmap-suite", endpoint_url=endpoint, region=REGION, concurrency=8,
-                            calls_per_invoke=10, poll_interval=0.05, grace=0.5, timeout=4, invoker=invoker)
+                            calls_per_invoke=10, poll_interval=0.05, grace=0.5, timeout=8, invoker=invoker)
     storage = S3Storage("suite-lambda", endpoint_url=endpoint, region=REGION)
     return burstmap.Executor(backend=backend, storage=storage, secret_key=TEST_SECRET, progress=False)
 

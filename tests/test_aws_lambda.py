@@ -136,6 +136,26 @@ def test_call_past_its_timeout_is_stopped_inside_the_function(aws: str) -> None:
     assert slow.record.info["billed_ms"] >= 900
 
 
+def test_call_past_the_functions_remaining_time_is_stopped_before_lambda_ends_it(aws: str) -> None:
+    invoker = EmulatedInvoker(timeout=5)
+    with _executor(aws, invoker) as ex:
+        (slow,) = ex.map(sleepy, [60])
+        with pytest.raises(CallTimeoutError, match=r"call \S+/00000 ran past the function's remaining time "
+                                                   r"\(\d\.\ds\) on Lambda and was stopped"):
+            slow.result(timeout=60)
+    assert slow.record.attempt == 1
+    assert slow.record.info["remaining_ms"] < 1000 and slow.record.info["billed_ms"] >= 1000
+
+
+def test_calls_an_invocation_had_no_time_for_run_again_and_nobody_is_blamed(aws: str) -> None:
+    invoker = EmulatedInvoker(timeout=4)
+    with _executor(aws, invoker, calls_per_invoke=10) as ex:
+        futures = ex.map(sleepy, [0.8] * 10, worker_retries=0)
+        assert burstmap.get_all_results(futures, timeout=120) == [0.8] * 10
+    assert {f.record.attempt for f in futures} == {1}
+    assert len(invoker.calls()) > 10
+
+
 def test_lost_invocation_is_retried_then_recorded_as_died(aws: str) -> None:
     invoker = EmulatedInvoker(timeout=3)
     with _executor(aws, invoker, calls_per_invoke=1) as ex:

@@ -97,3 +97,38 @@ def test_patient_store_gives_up_in_one_line_when_space_never_comes(disk: Path) -
     message = full_disk_error(lambda: store.put("result", bytes(2048 * KiB)))
     assert message.startswith(f"store LocalStorage(path='{disk}') unreachable for over 0.5s: ")
     assert files_under(disk) == []
+
+
+def fill_then_return(folders: tuple[str, str]) -> int:
+    """Fill the disk the store is on, note elsewhere that it did, then return: its status cannot be written yet."""
+    disk, notes = folders
+    with open(os.path.join(disk, "filler"), "wb", buffering=0) as filler:
+        try:
+            while True:
+                filler.write(b"\0" * 4 * KiB)
+        except OSError:
+            pass
+    Path(notes, "filled").write_text("")
+    return 42
+
+
+def test_a_job_on_a_full_disk_is_one_line_leaves_nothing_and_is_not_listed(disk: Path) -> None:
+    import burstmap
+    from burstmap.backends.local import LocalBackend
+    from burstmap.stats import list_jobs
+
+    from .conftest import TEST_SECRET
+
+    with burstmap.Executor(backend=LocalBackend(workers=1), storage=LocalStorage(disk / "store"),
+                           secret_key=TEST_SECRET, progress=False, outage_limit=0.5) as ex:
+        full_disk_error(lambda: ex.map(len, [os.urandom(2048 * KiB)]))
+        assert [p for p in files_under(disk) if ".tmp" in p] == []
+        assert list_jobs(ex.storage, TEST_SECRET.encode(), "burstmap") == []
+        notes = disk.parent / "notes"
+        notes.mkdir()
+        future = ex.map(fill_then_return, [(str(disk), str(notes))])[0]
+        while not (notes / "filled").exists():
+            assert not future.done(), future.exception()
+        assert not future.done()
+        (disk / "filler").unlink()
+        assert future.result(timeout=120) == 42

@@ -41,23 +41,27 @@ def own_redis(tmp_path) -> Iterator[tuple[int, list[subprocess.Popen]]]:
         stop_redis(proc)
 
 
-def test_redis_store_restarted_mid_job_loses_no_call(own_redis, tmp_path):
+@pytest.mark.parametrize("outage", [0.3, 6.0])
+def test_redis_store_down_mid_job_costs_time_not_calls(own_redis, tmp_path, outage):
+    """Brief, and longer than the Redis client's own reconnects (about 3.5 s): workers wait it out."""
     port, procs = own_redis
     store = RedisStorage(f"redis://127.0.0.1:{port}/0")
-    with burstmap.Executor(backend=LocalBackend(workers=2), storage=store, secret_key=TEST_SECRET) as ex:
+    with burstmap.Executor(backend=LocalBackend(workers=2), storage=store, secret_key=TEST_SECRET,
+                           worker_retries=0) as ex:
         futures = ex.map(nap, range(60))
         burstmap.wait(futures, return_when=burstmap.ANY_COMPLETED, timeout=60)
         stop_redis(procs.pop())
-        time.sleep(0.3)
+        time.sleep(outage)  # the length of the fault itself, not a wait for anything
         procs.append(start_redis(port, tmp_path, persist=True))
         assert burstmap.get_all_results(futures, timeout=120) == list(range(60))
+        assert {f.status["attempt"] for f in futures} == {1}
 
 
 def test_store_that_stays_down_fails_the_job_in_one_line(own_redis):
     port, procs = own_redis
     store = RedisStorage(f"redis://127.0.0.1:{port}/0", retries=1)
-    with burstmap.Executor(backend=LocalBackend(workers=1), storage=store, secret_key=TEST_SECRET) as ex:
-        ex._watcher.outage_limit = 1.0
+    with burstmap.Executor(backend=LocalBackend(workers=1), storage=store, secret_key=TEST_SECRET,
+                           outage_limit=1.0) as ex:
         futures = ex.map(time.sleep, [5, 5])
         stop_redis(procs.pop())
         with pytest.raises(StorageError) as info:

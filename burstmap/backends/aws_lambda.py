@@ -297,17 +297,21 @@ class _Monitor:
     def _expired(self, invocation: _Invocation) -> list[_Call]:
         """Calls of an invocation with no status after its deadline: the ones to send again.
 
-        Calls past their own timeout are stopped and recorded inside the function, so an invocation
-        that leaves no status crashed (out of memory, killed) or was lost. Calls run in order, so the
-        first one without a status is the one it died in: `Attempts` gives it another attempt or
-        records its death; the others run again at the attempt they were at.
+        Calls past their own timeout are stopped and recorded inside the function, and one that ran
+        out of time for the rest of its batch says so in the store; otherwise an invocation that leaves
+        no status crashed (out of memory, killed) or was lost. Calls run in order, so the first one
+        without a status is the one it died in: `Attempts` gives it another attempt or records its
+        death; the others run again at the attempt they were at.
         """
         backend = self._backend
         missing = [task for task in invocation.batch.tasks if task.call_id in invocation.missing]
-        how = (f"no status within function {backend.function_name!r}'s timeout of {backend.timeout:g}s + "
-               f"{backend.grace:g}s grace: it crashed, ran out of memory or was lost; see its CloudWatch logs")
-        again = self._attempts.died(missing[0], invocation.manifest.worker_retries, "its Lambda invocation", how)
-        tasks = ([again] if again else []) + missing[1:]
+        if self._attempts.ended_on_purpose(invocation.batch):
+            tasks = missing  # the function ran out of time for them: nobody is blamed
+        else:
+            how = (f"no status within function {backend.function_name!r}'s timeout of {backend.timeout:g}s + "
+                   f"{backend.grace:g}s grace: it crashed, ran out of memory or was lost; see its CloudWatch logs")
+            again = self._attempts.died(missing[0], invocation.manifest.worker_retries, "its Lambda invocation", how)
+            tasks = ([again] if again else []) + missing[1:]
         return [(invocation.manifest, task.call_id, task.attempt) for task in tasks]
 
 
