@@ -23,6 +23,7 @@ __all__ = [
     "as_completed",
 ]
 
+_PENDING, _RUNNING, _CANCELLED = cf._base.PENDING, cf._base.RUNNING, cf._base.CANCELLED
 ALL_COMPLETED = cf.ALL_COMPLETED
 ANY_COMPLETED = cf.FIRST_COMPLETED
 ALWAYS = "ALWAYS"
@@ -90,9 +91,9 @@ class ResponseFuture(cf.Future):
         wanted; a cancelled or finished one is not.
         """
         with self._condition:
-            if self.done():
-                return False
-            return self.running() or self.set_running_or_notify_cancel()
+            if self._state == _RUNNING:
+                return True
+            return self._state in (_PENDING, _CANCELLED) and self.set_running_or_notify_cancel()
 
     def _finish(self, record: Record | None, value: Any = None, error: BaseException | None = None) -> None:
         """Finish with the call's outcome, unless the future was cancelled or finished already."""

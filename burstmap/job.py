@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import json
+import pickle
 import re
 import reprlib
 import secrets
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import BurstmapError, JobNotFoundError, KeyNotFoundError, PayloadRejectedError
-from .serialize import MAC_SIZE, load_stream, loads, seal, unseal
+from .serialize import MAC_SIZE, load_stream, seal, unseal
 
 __all__ = ["Batch", "CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "Task", "call_ids_of",
            "call_name", "decode_records", "encode_records", "finished_calls", "load_manifest", "load_output",
@@ -258,10 +259,12 @@ class Record:
 
     def encode(self, key: bytes, job_id: str) -> bytes:
         """The signed form: magic, a MAC over everything after it, the JSON header, the log, the result."""
+        return RECORD_MAGIC + seal(key, f"{job_id}/status", self._body())
+
+    def _body(self) -> bytes:
         header = self.header()
         header["log_len"] = len(self.log)
-        body = b"".join((json.dumps(header).encode(), b"\n", self.log, self.output))
-        return RECORD_MAGIC + seal(key, f"{job_id}/status", body)
+        return b"".join((json.dumps(header).encode(), b"\n", self.log, self.output))
 
     def header(self) -> dict[str, Any]:
         """Every field but the captured output and the result, as plain data."""
@@ -324,24 +327,29 @@ def _unverified(body: bytes, job_id: str) -> RecordError | PayloadRejectedError:
 
 
 def encode_records(records: list[Record], key: bytes, job_id: str) -> bytes:
-    """One object holding several records: the group magic, then each signed record after its length."""
-    parts = [GROUP_MAGIC]
+    """One object holding several records: the group magic, then one MAC over every record after its length."""
+    parts = []
     for record in records:
-        data = record.encode(key, job_id)
-        parts += [len(data).to_bytes(8, "big"), data]
-    return b"".join(parts)
+        body = record._body()
+        parts += [len(body).to_bytes(8, "big"), body]
+    return GROUP_MAGIC + seal(key, f"{job_id}/status", b"".join(parts))
 
 
 def decode_records(data: bytes, key: bytes, job_id: str) -> list[Record]:
     """The verified records in a status object, one or a group; raise as `Record.decode` does."""
     if not data.startswith(GROUP_MAGIC):
         return [Record.decode(data, key, job_id)]
-    records, at = [], len(GROUP_MAGIC)
-    while at < len(data):
-        size = int.from_bytes(data[at:at + 8], "big")
-        if at + 8 + size > len(data):
+    try:
+        body = unseal(key, f"{job_id}/status", data[len(GROUP_MAGIC):])
+    except PayloadRejectedError:
+        raise RecordError(f"a status record group of job {job_id} failed HMAC verification (tampered, or "
+                          "written with another secret key); it was not used") from None
+    records, at = [], 0
+    while at < len(body):
+        size = int.from_bytes(body[at:at + 8], "big")
+        if at + 8 + size > len(body):
             raise RecordError("corrupt burstmap record group: truncated")
-        records.append(Record.decode(data[at + 8:at + 8 + size], key, job_id))
+        records.append(Record._parse(body[at + 8:at + 8 + size]))
         at += 8 + size
     return records
 
@@ -385,9 +393,12 @@ def load_manifest(storage: Any, key: bytes, prefix: str, job_id: str) -> Manifes
 
 
 def load_output(storage: Any, key: bytes, identity: str, record: Record) -> Any:
-    """Verify and unpickle a call's result or error: inline in its record, or streamed from its own object."""
+    """Unpickle a call's result or error from a verified record: inline in it (the record's MAC covers it),
+    or verified while streamed from its own object."""
     if not record.output_key:
-        return loads(key, identity, record.output)
+        if len(record.output) < MAC_SIZE:
+            raise PayloadRejectedError(f"payload {identity} is unsigned or truncated")
+        return pickle.loads(memoryview(record.output)[MAC_SIZE:])
     with storage.open_read(record.output_key) as source:
         return load_stream(key, identity, source)
 

@@ -41,6 +41,6 @@ def test_record_groups_round_trip_and_truncation():
     records = [Record(i, CallState.OK, output=bytes([i]) * i) for i in range(3)]
     blob = encode_records(records, KEY, "job-1")
     assert decode_records(blob, KEY, "job-1") == records
-    with pytest.raises(RecordError, match="truncated"):
+    with pytest.raises(RecordError, match="failed HMAC verification"):
         decode_records(blob[:-1], KEY, "job-1")
     assert decode_records(records[0].encode(KEY, "job-1"), KEY, "job-1") == records[:1]

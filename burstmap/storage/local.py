@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -26,6 +27,9 @@ _PERMANENT = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.
 def default_path() -> Path:
     """The per-user directory that holds the local store when none is configured."""
     return Path(platformdirs.user_cache_dir("burstmap")) / "store"
+
+
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
 
 
 class _TempFile(io.BufferedWriter):
@@ -104,8 +108,32 @@ class LocalStorage(Storage):
             return tempfile.mkstemp(".tmp", prefix, self._folder_of(file))
 
     def put(self, key: str, data: bytes) -> None:
-        with self.open_write(key) as f:
-            f.write(data)
+        """Write to a temporary file named for this process and thread, then rename it over the key's.
+
+        The quick path for whole objects (a status record is one per batch of quick calls); a failed
+        write removes its temporary file.
+        """
+        file = self._file(key)
+        tmp = f"{file}.{os.getpid()}-{threading.get_ident()}.tmp"
+        with self._errors(f"write {key!r}"):
+            try:
+                fd = os.open(tmp, _NEW_FILE, 0o600) if os.path.dirname(file) in self._made else None
+            except FileNotFoundError:  # the folder was removed since: make it again
+                self._made.discard(os.path.dirname(file))
+                fd = None
+            if fd is None:
+                self._folder_of(file)
+                fd = os.open(tmp, _NEW_FILE, 0o600)
+            try:
+                with os.fdopen(fd, "wb", buffering=0) as f:
+                    view = memoryview(data)
+                    while view:
+                        view = view[f.write(view):]
+                os.replace(tmp, file)
+            except BaseException:
+                with suppress(OSError):
+                    os.unlink(tmp)
+                raise
 
     @contextmanager
     def open_write(self, key: str) -> Iterator[BinaryIO]:
