@@ -106,6 +106,7 @@ class CallProcess:
                 if retry is None:
                     return ended
                 task = retry
+            # "outage": the store stayed unreachable past its limit; nobody is blamed, the call runs again
 
     def _child(self) -> tuple[Connection, subprocess.Popen]:
         if self._process is None or self._process.poll() is not None:

@@ -36,7 +36,7 @@ from ..stats import PRICE_PER_GB_SECOND, gb_seconds
 from ..storage.base import Storage
 from ..storage.patient import Patient
 from ..storage.s3 import S3Storage
-from .base import Backend, CallBoard
+from .base import Backend, CallBoard, fail_held
 
 __all__ = ["Cost", "LambdaBackend", "estimate_cost"]
 
@@ -197,11 +197,7 @@ class _Monitor:
                 held += [(i.manifest, c) for i in self._flying for c in sorted(i.missing)]
                 self._pending.clear()
                 self._flying.clear()
-            by_job: dict[str, list[int]] = {}
-            for manifest, call_id in held:
-                by_job.setdefault(manifest.job_id, []).append(call_id)
-            for job_id, call_ids in by_job.items():
-                self._backend.board.fail(job_id, call_ids, _broken(e))
+            fail_held(self._backend.board, held, _broken(e))
 
     def _loop(self) -> None:
         while not self._closed:

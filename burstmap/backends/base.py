@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import ClassVar, Protocol
 
 from ..job import Manifest
 from ..storage.base import Storage
 
-__all__ = ["Backend", "CallBoard", "NoBoard"]
+__all__ = ["Backend", "CallBoard", "NoBoard", "fail_held"]
 
 
 class CallBoard(Protocol):
@@ -30,6 +30,15 @@ class NoBoard:
 
     def fail(self, job_id: str, call_ids: Sequence[int], error: BaseException) -> None:
         raise error
+
+
+def fail_held(board: CallBoard, held: Iterable[tuple[Manifest, int]], error: BaseException) -> None:
+    """Fail the calls a backend's loop held when it could not go on: one board call per job."""
+    by_job: dict[str, list[int]] = {}
+    for manifest, call_id in held:
+        by_job.setdefault(manifest.job_id, []).append(call_id)
+    for job_id, call_ids in by_job.items():
+        board.fail(job_id, call_ids, error)
 
 
 class Backend(ABC):

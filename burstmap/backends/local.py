@@ -30,7 +30,7 @@ from ..errors import BurstmapError, StorageError, WorkerDiedError
 from ..job import Batch, CallState, Manifest, Task
 from ..storage.base import Storage
 from ..worker import Handler
-from .base import Backend, CallBoard
+from .base import Backend, CallBoard, fail_held
 
 __all__ = ["LocalBackend"]
 
@@ -200,8 +200,7 @@ class _Pool:
             held += [(m, t.call_id) for slot in self.slots for b in slot.batches.values() for m, t in b]
             for slot in self.slots:
                 _kill_group(slot.process)
-            for manifest, call_id in held:
-                self._board.fail(manifest.job_id, [call_id], _broken(e))
+            fail_held(self._board, held, _broken(e))
 
     def _loop(self) -> None:
         while not self._closed:
