@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -127,3 +128,40 @@ def test_leaving_the_with_block_waits_for_the_calls(tmp_path):
                            progress=False) as ex:
         futures = ex.map(time.sleep, [0.2] * 4)
     assert all(f.done() and f.exception() is None for f in futures)
+
+
+class BrokenBoard:
+    """A client side whose bookkeeping fails once calls are handed out: the dispatcher cannot go on."""
+
+    def __init__(self) -> None:
+        self.failed: dict[int, BaseException] = {}
+        self.all_failed = threading.Event()
+
+    def take(self, job_id, call_ids):
+        raise RuntimeError("injected bookkeeping fault")
+
+    def fail(self, job_id, call_ids, error):
+        self.failed.update((i, error) for i in call_ids)
+        if len(self.failed) == 3:
+            self.all_failed.set()
+
+
+def test_a_dispatcher_that_cannot_go_on_fails_the_calls_it_holds_and_the_next_ones(tmp_path):
+    from burstmap.job import Manifest
+
+    board = BrokenBoard()
+    backend = LocalBackend(workers=1)
+    backend.start(LocalStorage(tmp_path), TEST_SECRET.encode(), board)
+    manifest = Manifest("job-of-3", "burstmap", "square", (0, 10, 20, 30), 0.0, "here")
+    try:
+        backend.run(manifest, [0, 1])
+        while len(board.failed) < 2:
+            time.sleep(0.01)
+        backend.run(manifest, [2])
+        assert board.all_failed.wait(60), f"only {sorted(board.failed)} failed"
+        assert "local backend's dispatcher failed (RuntimeError: injected bookkeeping fault)" in str(board.failed[2])
+        for pid in backend.worker_pids():  # the broken pool's workers were stopped with it
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        backend.shutdown()

@@ -262,7 +262,12 @@ class _Pool:
                 while self._pending and len(attempts) < size and self._pending[0][0] is manifest:
                     _, call_id, attempt = self._pending.popleft()
                     attempts[call_id] = attempt
-            wanted = self._board.take(manifest.job_id, list(attempts))
+            try:
+                wanted = self._board.take(manifest.job_id, list(attempts))
+            except BaseException:
+                with self._lock:  # still held: the supervisor fails them with the error
+                    self._pending.extendleft(reversed([(manifest, c, a) for c, a in attempts.items()]))
+                raise
             if wanted:
                 return manifest, Batch.of(manifest, wanted, attempts)
 
