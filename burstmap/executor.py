@@ -25,7 +25,7 @@ from .retry import Retrying
 from .serialize import dumps_calls, dumps_function, seal
 from .storage import Patient
 from .storage.base import Storage
-from .watcher import Watcher
+from .watcher import Watcher, reportable
 from .worker import Handler
 
 __all__ = ["Executor", "default_executor"]
@@ -185,8 +185,8 @@ class Executor(cf.Executor):
                 return
             try:
                 (inner,) = self._submit_job(func, [((refs, *extra), {})], timeout, None, "reduce", job_id)
-            except Exception as e:
-                outcome._finish(None, error=e)
+            except BaseException as e:  # runs in the callback of the last map future: nothing else would report it
+                outcome._finish(None, error=reportable(e))
                 return
             inner.add_done_callback(functools.partial(_copy_outcome, outcome))
 

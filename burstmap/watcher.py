@@ -21,7 +21,7 @@ from .future import Deferred, ResponseFuture, rebuild_error
 from .job import CHUNK, CallState, Layout, Record, RecordError, call_ids_of, decode_records, load_output
 from .storage.base import Storage
 
-__all__ = ["Watcher", "finish"]
+__all__ = ["Watcher", "finish", "reportable"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _load_large(storage: Storage, key: bytes, identity: str, record: Record) -> 
                                  f"{type(e).__name__}: {e}") from e
 
 
-def _reportable(error: BaseException) -> Exception:
+def reportable(error: BaseException) -> Exception:
     """An unexpected error as a future may raise it: a ``SystemExit`` or the like is wrapped, not re-raised."""
     if isinstance(error, Exception):
         return error
@@ -166,7 +166,7 @@ class Watcher:
                 found, listing = 0, 0.0
             except BaseException as e:
                 log.exception("burstmap: watching %r failed; the calls watched fail with the error", self._storage)
-                failure = _reportable(e)
+                failure = reportable(e)
                 self._fail_all(lambda _: failure)
                 found, listing = 0, 0.0
             if found:

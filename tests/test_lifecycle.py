@@ -299,3 +299,24 @@ def test_an_unexpected_error_while_watching_fails_the_calls_watched_and_is_logge
             assert type(error).__name__ in str(future.exception()) or future.exception() is error
         assert "watching" in caplog.text and type(error).__name__ in caplog.text
         assert ex.submit(pow, 3, 2).result(timeout=60) == 9
+
+
+class ExitsWhenPickled:
+    """A reduce function whose pickling raises ``SystemExit`` inside the last map future's callback."""
+
+    def __call__(self, results: list) -> int:
+        return sum(results)
+
+    def __reduce__(self):
+        raise SystemExit(3)
+
+
+def test_a_reduce_that_cannot_be_submitted_fails_its_future_instead_of_hanging(ex):
+    lock = threading.Lock()
+    unpicklable = ex.reduce(lambda results: (lock, sum(results)), ex.map(abs, [-1, -2]))
+    with pytest.raises(SerializationError, match="cannot pickle function"):
+        unpicklable.result(timeout=60)
+    exiting = ex.reduce(ExitsWhenPickled(), ex.map(abs, [-1, -2]))
+    with pytest.raises(burstmap.BurstmapError, match="SystemExit: 3"):
+        exiting.result(timeout=60)
+    assert ex.reduce(sum, ex.map(abs, [-1, -2])).result(timeout=60) == 3
