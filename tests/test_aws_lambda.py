@@ -261,29 +261,29 @@ def _started(aws: str, storage: S3Storage, board: Board, invoker: object) -> Lam
 MANIFEST = Manifest("job-of-3", "direct", "square", (0, 10, 20, 30), 0.0, "here")
 
 
-def test_monitor_that_cannot_list_fails_the_calls_it_holds(aws: str) -> None:
+def _failed_calls(aws: str, storage: S3Storage, invoker: object) -> dict[int, BaseException]:
+    """Run the 3 calls of MANIFEST on a backend that cannot finish them; the errors the board received."""
     board = Board(expected=3)
-    backend = _started(aws, FaultyS3("lambda-jobs", endpoint_url=aws, failing="list"), board, Lost())
+    backend = _started(aws, storage, board, invoker)
     try:
         backend.run(MANIFEST, range(3))
         assert board.all_failed.wait(60), f"only {sorted(board.failed)} failed"
     finally:
         backend.shutdown()
-    assert sorted(board.failed) == [0, 1, 2]
-    error = board.failed[2]
+    return board.failed
+
+
+def test_monitor_that_cannot_list_fails_the_calls_it_holds(aws: str) -> None:
+    failed = _failed_calls(aws, FaultyS3("lambda-jobs", endpoint_url=aws, failing="list"), Lost())
+    assert sorted(failed) == [0, 1, 2]
+    error = failed[2]
     assert "lambda backend's monitor failed (RuntimeError: injected listing fault)" in str(error)
     assert isinstance(error.__cause__, RuntimeError)
 
 
 def test_calls_neither_sent_nor_recorded_fail_their_futures(aws: str) -> None:
-    board = Board(expected=3)
-    backend = _started(aws, FaultyS3("lambda-jobs", endpoint_url=aws, failing="put"), board, Refusing())
-    try:
-        backend.run(MANIFEST, range(3))
-        assert board.all_failed.wait(60), f"only {sorted(board.failed)} failed"
-    finally:
-        backend.shutdown()
-    assert all(isinstance(e, LambdaError) and "KMSDisabledException" in str(e) for e in board.failed.values())
+    failed = _failed_calls(aws, FaultyS3("lambda-jobs", endpoint_url=aws, failing="put"), Refusing())
+    assert all(isinstance(e, LambdaError) and "KMSDisabledException" in str(e) for e in failed.values())
 
 
 def touch(path: str) -> str:
