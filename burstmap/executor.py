@@ -107,7 +107,7 @@ class Executor(cf.Executor):
         store.put(layout.data, data)
         store.put(layout.manifest, manifest.encode(self._key))  # last: a job is listed only once it can run
         futures = self._futures(layout, manifest.n_calls)
-        self._watcher.watch(layout, futures)
+        self._watcher.watch(manifest, futures)
         self._run(manifest, range(manifest.n_calls))
         return futures
 
@@ -120,7 +120,8 @@ class Executor(cf.Executor):
             raise
 
     def _futures(self, layout: Layout, n_calls: int) -> list[ResponseFuture]:
-        return [ResponseFuture(layout, i, self.storage, self.config.progress) for i in range(n_calls)]
+        shared = threading.Condition()
+        return [ResponseFuture(layout, i, self.storage, self.config.progress, shared) for i in range(n_calls)]
 
     def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (),
                    timeout: float | None = None) -> ResponseFuture:
@@ -157,7 +158,9 @@ class Executor(cf.Executor):
         name = _qualname(func)
         if retries:
             func = Retrying(func, retries, tuple(retry_on))
-        return self._submit_job(func, (((item, *extra), {}) for item in iterdata), timeout, worker_retries, name=name)
+        if extra:
+            func = _Trailing(func, extra)
+        return self._submit_job(func, (((item,), {}) for item in iterdata), timeout, worker_retries, name=name)
 
     def reduce(self, func: Callable, futures: Iterable[ResponseFuture], extra_args: Iterable[Any] = (),
                timeout: float | None = None) -> ResponseFuture:
@@ -227,7 +230,7 @@ class Executor(cf.Executor):
             missing = [i for i in range(manifest.n_calls) if i not in finished]
             if missing:
                 self._start()
-        self._watcher.watch(layout, futures)
+        self._watcher.watch(manifest, futures)
         if missing:
             self._run(manifest, missing)
         return futures
@@ -299,6 +302,18 @@ def _copy_outcome(target: ResponseFuture, source: ResponseFuture) -> None:
 
 def _qualname(func: Callable) -> str:
     return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', type(func).__name__)}"
+
+
+class _Trailing:
+    """Calls a function with the job's ``extra_args`` after each item's: they travel with the function,
+    so they are stored once per job and read once per worker, not copied into every call's input."""
+
+    def __init__(self, fn: Callable, extra: tuple) -> None:
+        self.fn = fn
+        self.extra = extra
+
+    def __call__(self, item: Any) -> Any:
+        return self.fn(item, *self.extra)
 
 
 class _Star:

@@ -3,7 +3,8 @@
 Every key burstmap writes is built here::
 
     <prefix>/manifests/<job_id>.json         the job's manifest, written first
-    <prefix>/jobs/<job_id>/func.pickle        the function, signed
+    <prefix>/jobs/<job_id>/func.pickle        the function, signed (with the job's ``extra_args``)
+    <prefix>/jobs/<job_id>/summary.json       counts by state, written once every call has a record
     <prefix>/jobs/<job_id>/data.pickle        every call's signed input; call i reads bytes offsets[i:i+2]
     <prefix>/jobs/<job_id>/status/<chunk>/<call_id>   the status record: header, captured output, result
     <prefix>/jobs/<job_id>/out/<call_id>      a result too large to keep inside the record
@@ -23,6 +24,7 @@ import pickle
 import re
 import reprlib
 import secrets
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -86,6 +88,10 @@ class Layout:
     @property
     def func(self) -> str:
         return self.root + "func.pickle"
+
+    @property
+    def summary(self) -> str:
+        return self.root + "summary.json"
 
     @property
     def data(self) -> str:
@@ -236,9 +242,12 @@ class Batch:
             return None
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
-    """One attempt of one call: its outcome, where and when it ran, its captured output and result."""
+    """One attempt of one call: its outcome, where and when it ran, its captured output and result.
+
+    Slotted, and its host and worker names interned when read: a client may hold a million of them.
+    """
 
     call_id: int
     state: CallState
@@ -296,6 +305,7 @@ class Record:
             header = json.loads(body[:line_end])
             log_len = int(header.pop("log_len"))
             header["state"] = CallState(header["state"])
+            header["host"], header["worker"] = sys.intern(header["host"]), sys.intern(header["worker"])
             rest = body[line_end + 1:]
             if line_end < 0 or log_len < 0 or log_len > len(rest):
                 raise ValueError("truncated record")
