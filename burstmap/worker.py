@@ -127,7 +127,7 @@ class Handler:
         """Seal a result or error into the record, or into its own object when large (streamed, never copied whole)."""
         with self._seal_value(task, value, record) as spool:
             if MAC_SIZE + spool.size <= INLINE_LIMIT:
-                record.output = spool.sealed()
+                record.output = spool.payload()  # the record's own MAC covers it
                 return
             record.output_key = Layout(task.prefix, task.job_id).out(task.call_id)
             with self.storage.open_write(record.output_key) as f:
