@@ -6,11 +6,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import inspect
+import itertools
 import secrets
 import socket
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -161,6 +163,46 @@ class Executor(cf.Executor):
         if extra:
             func = _Trailing(func, extra)
         return self._submit_job(func, (((item,), {}) for item in iterdata), timeout, worker_retries, name=name)
+
+    def imap(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (), *, ordered: bool = True,
+             window: int = 10_000, **options: Any) -> Iterator[Any]:
+        """Yield ``func(item, *extra_args)`` for every item, in input order (or as calls finish, unordered).
+
+        The input is read lazily, ``window`` items at a time, each window one job, with the next
+        window running while this one is read: neither the input nor the results are ever held
+        whole, so an endless generator works. The first failed call raises its error here, and the
+        calls not yet started are cancelled. ``options`` are those of `map`.
+        """
+        if not isinstance(window, int) or window < 1:
+            raise ConfigError(f"window must be a positive number of calls, not {window!r}")
+        items, extra = iter(iterdata), tuple(extra_args)
+        running: deque[list[ResponseFuture]] = deque()
+
+        def submit_next() -> None:
+            chunk = list(itertools.islice(items, window))
+            if chunk:
+                running.append(self.map(func, chunk, extra, **options))
+
+        try:
+            submit_next()
+            while running:
+                submit_next()
+                futures = running[0]
+                if ordered:
+                    for future in futures:
+                        yield future.result()
+                else:
+                    for future in cf.as_completed(futures):
+                        yield future.result()
+                running.popleft()
+        finally:
+            for future in (f for futures in running for f in futures):
+                future.cancel()
+
+    def imap_unordered(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (), *,
+                       window: int = 10_000, **options: Any) -> Iterator[Any]:
+        """`imap`, yielding each window's results as its calls finish."""
+        return self.imap(func, iterdata, extra_args, ordered=False, window=window, **options)
 
     def reduce(self, func: Callable, futures: Iterable[ResponseFuture], extra_args: Iterable[Any] = (),
                timeout: float | None = None) -> ResponseFuture:

@@ -100,3 +100,35 @@ def test_listing_jobs_stores_the_summary_a_finished_job_lacks(local):
     local.storage.delete([layout.summary])  # as if the client had died right after the last record
     assert jobs_listing(local.storage.path)[layout.job_id][2:5] == ["30", "0", "0"]
     assert local.storage.exists(layout.summary)
+
+
+def fails_on_seven(x):
+    if x == 7:
+        raise ValueError("seven is not allowed")
+    return x
+
+
+def test_imap_reads_its_input_lazily_and_yields_in_order(local):
+    consumed = []
+
+    def numbers():
+        for i in range(2500):
+            consumed.append(i)
+            yield i
+
+    results = local.imap(noop, numbers(), window=200)
+    assert next(results) == 0
+    assert len(consumed) <= 400  # two windows: the one being read and the next one running
+    assert list(results) == list(range(1, 2500))
+
+
+def test_imap_unordered_yields_every_result_once(local):
+    assert sorted(local.imap_unordered(noop, iter(range(1000)), window=300)) == list(range(1000))
+
+
+def test_imap_raises_the_first_failed_calls_error_in_its_place(local):
+    seen = []
+    with pytest.raises(ValueError, match="seven is not allowed"):
+        for value in local.imap(fails_on_seven, range(50), window=4):
+            seen.append(value)
+    assert seen == list(range(7))
