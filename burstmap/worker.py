@@ -20,6 +20,7 @@ from typing import Any
 from .errors import KeyNotFoundError, PayloadRejectedError, StorageError
 from .job import CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_records, load_output, read_record
 from .piece import DataPiece
+from .scratch import Scratch
 from .serialize import MAC_SIZE, Spool, loads, spool_value
 from .storage import Patient
 from .storage.base import Storage
@@ -189,6 +190,8 @@ class Handler:
     def _resolve(self, arg: Any) -> Any:
         if isinstance(arg, DataPiece):
             return arg.bind(self.storage)
+        if isinstance(arg, Scratch):
+            return arg.bind(self.storage, self._key)
         if not isinstance(arg, OutputRefs):
             return arg
         return [self.load_result(prefix, job_id, call_id) for prefix, job_id, call_id in arg.refs]
