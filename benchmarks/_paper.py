@@ -27,9 +27,12 @@ def local_executor(workers: int, storage: Storage | None = None) -> Iterator[bur
 
 
 def plot_jobs(ex: burstmap.Executor, path: str | None, functions: set[str]) -> None:
-    """Draw the timeline of every job of ``ex`` whose function is one of ``functions`` into ``path``, if given."""
+    """Draw into ``path`` (if given) one timeline of the latest job of ``ex`` running each of ``functions``."""
     if not path:
         return
-    jobs = [key.rsplit("/", 1)[1].removesuffix(".json") for key in ex.storage.list(f"{ex.config.prefix}/manifests/")]
-    futures = [f for job in jobs if ex.manifest(job).function.rsplit(".", 1)[-1] in functions for f in ex.attach(job)]
+    jobs = [ex.manifest(key.rsplit("/", 1)[1].removesuffix(".json"))
+            for key in ex.storage.list(f"{ex.config.prefix}/manifests/")]
+    latest = {m.function.rsplit(".", 1)[-1]: m for m in sorted(jobs, key=lambda m: m.submitted)}
+    futures = [f for name in functions for f in ex.attach(latest[name].job_id)]
+    burstmap.wait(futures)
     print(f"wrote {plot(futures, path)}")

@@ -1,14 +1,15 @@
 """PyWren's storage benchmark on burstmap's stores against direct file IO and raw boto3, same run.
 
-Each of W calls writes one pseudorandom object of ``--mb`` MB and reads it back in 1 MB blocks with
-an md5 check (`examples/storage_bandwidth.py`). Aggregate MB/s is all bytes written and read over
+Each of W calls writes one pseudorandom object of ``--mb`` MB and reads it back with an md5 check
+(`examples/storage_bandwidth.py`; the peers read in 1 MB blocks, as PyWren's benchmark did). Aggregate MB/s is all bytes written and read over
 the span from the first call's start to the last call's end, for:
   local: burstmap's local store against W processes writing and reading the same bytes as files
          in a directory of the same disk;
   s3:    burstmap's S3 store against W processes using raw boto3 (put_object, then get_object read
          in 1 MB blocks) on the same moto server.
-Every worker count in ``--workers`` is measured, the two sides taking turns; ``--chart`` draws
-aggregate MB/s per worker count.
+Every worker count in ``--workers`` is measured ``--rounds`` times, the two sides taking turns in
+swapped order each round, and each side's best round counts; ``--chart`` draws aggregate MB/s per
+worker count.
 Run: python benchmarks/paper_storage.py [--workers 1,2,4] [--mb 256] [--chart docs/bandwidth.png] [--plot docs/storage.png]
 """
 
@@ -33,6 +34,8 @@ import storage_bandwidth as bw
 from burstmap.storage.base import Storage
 from burstmap.storage.s3 import S3Storage
 
+BLOCK = 1 << 20
+
 
 def _check(seed: int, data: bytes, blocks: hashlib._Hash) -> None:
     if blocks.hexdigest() != hashlib.md5(data).hexdigest():
@@ -49,7 +52,7 @@ def file_write_read(seed: int, folder: str, mb: int) -> dict[str, float]:
     written = time.time()
     check = hashlib.md5()
     with open(path, "rb") as f:
-        while block := f.read(bw.BLOCK):
+        while block := f.read(BLOCK):
             check.update(block)
     end = time.time()
     _check(seed, data, check)
@@ -66,7 +69,7 @@ def boto3_write_read(seed: int, endpoint: str, mb: int) -> dict[str, float]:
     written = time.time()
     check = hashlib.md5()
     body = client.get_object(Bucket="bench-boto3", Key=f"object-{seed}")["Body"]
-    while block := body.read(bw.BLOCK):
+    while block := body.read(BLOCK):
         check.update(block)
     end = time.time()
     _check(seed, data, check)
@@ -75,14 +78,18 @@ def boto3_write_read(seed: int, endpoint: str, mb: int) -> dict[str, float]:
 
 
 def measure(storage: Storage | None, peer: Callable[[int, str, int], dict[str, float]], target: str, workers: int,
-            mb: int, picture: str | None = None) -> tuple[float, float]:
-    """Aggregate MB/s of burstmap's store (a fresh local one if ``None``) and of the peer, ``workers`` processes each."""
+            mb: int, rounds: int, picture: str | None = None) -> tuple[float, float]:
+    """Best aggregate MB/s of burstmap's store (a fresh local one if ``None``) and of the peer, ``workers`` processes each."""
+    best = {"ours": 0.0, "peer": 0.0}
     with local_executor(workers, storage) as ex, multiprocessing.Pool(workers) as pool:
         pool.map(abs, range(workers))
-        ours = bw.run(ex, workers, mb)
-        theirs = bw.summary(pool.starmap(peer, [(seed, target, mb) for seed in range(workers)]))
+        sides = {"ours": lambda: bw.run(ex, workers, mb),
+                 "peer": lambda: bw.summary(pool.starmap(peer, [(seed, target, mb) for seed in range(workers)]))}
+        for round_ in range(rounds):
+            for side in ("ours", "peer") if round_ % 2 == 0 else ("peer", "ours"):
+                best[side] = max(best[side], sides[side]()["aggregate"])
         plot_jobs(ex, picture, {"write_read"})
-    return ours["aggregate"], theirs["aggregate"]
+    return best["ours"], best["peer"]
 
 
 def chart(rows: dict[str, dict[int, float]], path: str) -> None:
@@ -106,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2,4", help="worker counts to measure, comma separated")
     parser.add_argument("--mb", type=int, default=256, help="MB per object")
+    parser.add_argument("--rounds", type=int, default=2, help="turns per side and worker count")
     parser.add_argument("--chart", help="draw aggregate MB/s per worker count into this PNG")
     parser.add_argument("--plot", help="draw the timeline of the local store's largest job into this PNG")
     args = parser.parse_args()
@@ -119,8 +127,9 @@ def main() -> None:
                        aws_access_key_id="bench", aws_secret_access_key="bench")
         for w in counts:
             picture = args.plot if w == max(counts) else None
-            rows["burstmap local"][w], rows["files"][w] = measure(None, file_write_read, folder, w, args.mb, picture)
-            rows["burstmap S3"][w], rows["boto3"][w] = measure(s3, boto3_write_read, endpoint, w, args.mb)
+            rows["burstmap local"][w], rows["files"][w] = measure(None, file_write_read, folder, w, args.mb, args.rounds,
+                                                                 picture)
+            rows["burstmap S3"][w], rows["boto3"][w] = measure(s3, boto3_write_read, endpoint, w, args.mb, args.rounds)
     for w in counts:
         report(f"storage_bandwidth local, {w} workers", f"{rows['burstmap local'][w]:.0f} MB/s",
                f"files {rows['files'][w]:.0f} MB/s", rows["burstmap local"][w] / rows["files"][w], ">= 0.8x")
