@@ -112,7 +112,7 @@ class Handler:
         """Read, verify and unpickle a task's function and arguments."""
         func = self._function(task)
         args, kwargs = loads(self._key, f"{task.job_id}/data/{task.call_id}", self._input(task))
-        return func, tuple(self._resolve(a) for a in args), kwargs
+        return func, tuple(self._resolve(a) for a in args), {k: self._resolve(v) for k, v in kwargs.items()}
 
     def write_failure(self, task: Task, state: CallState, error: BaseException, start: float) -> None:
         """Record that a task ended outside the handler (its worker died or was stopped)."""

@@ -80,5 +80,6 @@ def test_a_shuffle_through_scratch(tmp_path):
         assert burstmap.get_all_results(ex.map(scatter, range(3), extra_args=(space, 2))) == [0, 1, 2]
         assert burstmap.get_all_results(ex.map(gather, range(2), extra_args=(space,))) == [3, 3]
         assert space.load("out/1") == ["0->1", "1->1", "2->1"]
+        assert ex.submit(gather, 0, space=space).result() == 3  # a keyword argument is bound too
         assert all(TEST_SECRET.encode() not in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     assert list(ex.storage.list(space.root)) == []
