@@ -25,7 +25,7 @@ MB = 1_000_000
 
 
 def write_read(seed: int, space: burstmap.Scratch, mb: int) -> dict[str, float]:
-    """Write ``mb`` MB of pseudorandom bytes as one object, read it back in 1 MB blocks, check the md5."""
+    """Write ``mb`` MB of pseudorandom bytes as one object, read it back with one GET, check the md5."""
     data = np.random.default_rng(seed).bytes(mb * MB)
     digest = hashlib.md5(data).hexdigest()
     name = f"bandwidth/{seed}"
