@@ -16,7 +16,7 @@ import time
 from _common import report
 from _paper import local_executor, plot_jobs
 
-import flops
+import flops  # from examples/, which _paper puts on the path
 
 
 def peer(pool: multiprocessing.pool.Pool, calls: int, n: int, loops: int) -> dict[str, float]:

@@ -17,7 +17,7 @@ import numpy as np
 from _common import report
 from _paper import local_executor, plot_jobs
 
-import gemm
+import gemm  # from examples/, which _paper puts on the path
 
 
 def numpy_gflops(n: int) -> float:

@@ -30,15 +30,16 @@ from _common import report
 from _paper import local_executor, plot_jobs
 from storage_throughput import CREDS, moto_server
 
-import storage_bandwidth as bw
+import storage_bandwidth as bw  # from examples/, which _paper puts on the path
 from burstmap.storage.base import Storage
 from burstmap.storage.s3 import S3Storage
 
 BLOCK = 1 << 20
 
 
-def _check(seed: int, data: bytes, blocks: hashlib._Hash) -> None:
-    if blocks.hexdigest() != hashlib.md5(data).hexdigest():
+def _check(seed: int, data: bytes, digest: str) -> None:
+    """Raise if the md5 of what was read back differs from that of what was written."""
+    if digest != hashlib.md5(data).hexdigest():
         raise ValueError(f"object {seed} came back changed")
 
 
@@ -55,7 +56,7 @@ def file_write_read(seed: int, folder: str, mb: int) -> dict[str, float]:
         while block := f.read(BLOCK):
             check.update(block)
     end = time.time()
-    _check(seed, data, check)
+    _check(seed, data, check.hexdigest())
     os.unlink(path)
     return {"bytes": len(data), "start": start, "written": written, "end": end}
 
@@ -72,7 +73,7 @@ def boto3_write_read(seed: int, endpoint: str, mb: int) -> dict[str, float]:
     while block := body.read(BLOCK):
         check.update(block)
     end = time.time()
-    _check(seed, data, check)
+    _check(seed, data, check.hexdigest())
     client.delete_object(Bucket="bench-boto3", Key=f"object-{seed}")
     return {"bytes": len(data), "start": start, "written": written, "end": end}
 

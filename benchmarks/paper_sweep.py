@@ -18,7 +18,7 @@ import burstmap
 from _common import report
 from _paper import local_executor, plot_jobs
 
-import sweep
+import sweep  # from examples/, which _paper puts on the path
 
 
 def main() -> None:

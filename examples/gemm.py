@@ -24,6 +24,7 @@ MB = 1_000_000
 
 
 def tile_name(matrix: str, i: int, j: int) -> str:
+    """The scratch name of tile (i, j) of ``matrix``."""
     return f"{matrix}/{i:04d}-{j:04d}"
 
 
@@ -34,6 +35,7 @@ def make_tile(index: int, space: burstmap.Scratch, tiles: int, t: int) -> None:
 
 
 def read_tile(space: burstmap.Scratch, matrix: str, i: int, j: int, t: int) -> np.ndarray:
+    """Tile (i, j) of ``matrix`` as a t×t array (read-only, over the bytes read)."""
     return np.frombuffer(space.get(tile_name(matrix, i, j)), np.float64).reshape(t, t)
 
 

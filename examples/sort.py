@@ -17,6 +17,7 @@ Run: python examples/sort.py [--gb 1] [--maps 8] [--reducers 8]
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from typing import Any
 
@@ -98,7 +99,7 @@ def check_run(r: int, space: burstmap.Scratch) -> dict[str, Any]:
 def validate(runs: list[dict[str, Any]], expected: int, count: int) -> None:
     """Check the runs follow each other in key order and hold exactly the generated records."""
     keys = [(run["first"], run["last"]) for run in runs if run["count"]]
-    if any(a[1] > b[0] for a, b in zip(keys, keys[1:])):
+    if any(a[1] > b[0] for a, b in itertools.pairwise(keys)):
         raise ValueError("sorted runs overlap: the global order is broken")
     if sum(run["count"] for run in runs) != count:
         raise ValueError(f"{sum(run['count'] for run in runs)} records came out of {count}")

@@ -13,11 +13,11 @@ from .conftest import EXECUTORS
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "examples"))
 
-import flops  # noqa: E402  (the examples are scripts, importable once their folder is on the path)
-import gemm  # noqa: E402
-import sort  # noqa: E402
-import storage_bandwidth  # noqa: E402
-import sweep  # noqa: E402
+import flops  # the examples are scripts, importable once their folder is on the path
+import gemm
+import sort
+import storage_bandwidth
+import sweep
 
 
 @pytest.fixture(scope="module", params=["local", "dask", "standalone"])
