@@ -24,6 +24,7 @@ from .future import ResponseFuture
 from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manifest, new_job_id
 from .partition import is_data_source, pieces
 from .retry import Retrying
+from .scratch import Scratch
 from .serialize import dumps_calls, dumps_function, seal
 from .storage import Patient
 from .storage.base import Storage
@@ -252,6 +253,16 @@ class Executor(cf.Executor):
                    extra_args: Iterable[Any] = (), timeout: float | None = None) -> ResponseFuture:
         """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call."""
         return self.reduce(reduce_func, self.map(map_func, iterdata, extra_args, timeout), timeout=timeout)
+
+    def scratch(self, name: str | None = None) -> Scratch:
+        """A folder of named objects in this executor's store that calls can write and read (see `Scratch`).
+
+        Pass it to calls as an argument; ``name`` reopens a folder a former run left, a new one by default.
+        """
+        store = Patient(self.storage, self.config.outage_limit)
+        if name is None:
+            return Scratch.fresh(self.config.prefix, store, self._key)
+        return Scratch(name, self.config.prefix, store, self._key)
 
     def manifest(self, job_id: str) -> Manifest:
         """The stored, verified description of a job; `JobNotFoundError` if the store has none."""

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import KeyNotFoundError, PayloadRejectedError, StorageError
 from .job import CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_records, load_output, read_record
 from .piece import DataPiece
+from .scratch import Scratch
 from .serialize import MAC_SIZE, Spool, loads, spool_value
 from .storage import Patient
 from .storage.base import Storage
@@ -111,7 +112,7 @@ class Handler:
         """Read, verify and unpickle a task's function and arguments."""
         func = self._function(task)
         args, kwargs = loads(self._key, f"{task.job_id}/data/{task.call_id}", self._input(task))
-        return func, tuple(self._resolve(a) for a in args), kwargs
+        return func, tuple(self._resolve(a) for a in args), {k: self._resolve(v) for k, v in kwargs.items()}
 
     def write_failure(self, task: Task, state: CallState, error: BaseException, start: float) -> None:
         """Record that a task ended outside the handler (its worker died or was stopped)."""
@@ -189,6 +190,8 @@ class Handler:
     def _resolve(self, arg: Any) -> Any:
         if isinstance(arg, DataPiece):
             return arg.bind(self.storage)
+        if isinstance(arg, Scratch):
+            return arg.bind(self.storage, self._key)
         if not isinstance(arg, OutputRefs):
             return arg
         return [self.load_result(prefix, job_id, call_id) for prefix, job_id, call_id in arg.refs]
