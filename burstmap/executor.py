@@ -29,7 +29,7 @@ from .serialize import dumps_calls, dumps_function, seal
 from .storage import Patient
 from .storage.base import Storage
 from .watcher import Watcher, reportable
-from .worker import Handler
+from .worker import Handler, Trailing
 
 __all__ = ["Executor", "default_executor"]
 
@@ -162,7 +162,7 @@ class Executor(cf.Executor):
         if retries:
             func = Retrying(func, retries, tuple(retry_on))
         if extra:
-            func = _Trailing(func, extra)
+            func = Trailing(func, extra)
         return self._submit_job(func, (((item,), {}) for item in iterdata), timeout, worker_retries, name=name)
 
     def imap(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (), *, ordered: bool = True,
@@ -355,18 +355,6 @@ def _copy_outcome(target: ResponseFuture, source: ResponseFuture) -> None:
 
 def _qualname(func: Callable) -> str:
     return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', type(func).__name__)}"
-
-
-class _Trailing:
-    """Calls a function with the job's ``extra_args`` after each item's: they travel with the function,
-    so they are stored once per job and read once per worker, not copied into every call's input."""
-
-    def __init__(self, fn: Callable, extra: tuple) -> None:
-        self.fn = fn
-        self.extra = extra
-
-    def __call__(self, item: Any) -> Any:
-        return self.fn(item, *self.extra)
 
 
 class _Star:

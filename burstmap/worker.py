@@ -25,12 +25,24 @@ from .serialize import MAC_SIZE, Spool, loads, spool_value
 from .storage import Patient
 from .storage.base import Storage
 
-__all__ = ["Handler", "INLINE_LIMIT"]
+__all__ = ["Handler", "INLINE_LIMIT", "Trailing"]
 
 #: Results up to this size live inside the status record; larger ones get their own object.
 INLINE_LIMIT = 1 << 20
 _MAX_GROUP = 256
 _HOST = socket.gethostname()
+
+
+class Trailing:
+    """Calls a function with the job's ``extra_args`` after each item's: they travel with the function,
+    so they are stored once per job and read once per worker, not copied into every call's input."""
+
+    def __init__(self, fn: Callable, extra: tuple) -> None:
+        self.fn = fn
+        self.extra = extra
+
+    def __call__(self, item: Any) -> Any:
+        return self.fn(item, *self.extra)
 
 
 class Handler:
@@ -166,6 +178,8 @@ class Handler:
         if func is None:
             blob = self.storage.get(Layout(task.prefix, task.job_id).func)
             func = loads(self._key, f"{task.job_id}/func", blob)
+            if isinstance(func, Trailing):
+                func.extra = tuple(self._resolve(a) for a in func.extra)
             self._functions[task.job_id] = func
             if len(self._functions) > 8:
                 self._functions.popitem(last=False)
