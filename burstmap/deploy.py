@@ -29,10 +29,18 @@ from . import __version__
 from .aws import explain, lambda_client, with_backoff
 from .config import load_config
 from .errors import BurstmapError, ConfigError
-from .lambda_package import (PACKAGES_VARIABLE, UNZIPPED_LIMIT, ZIP_LIMIT, Libraries, Platform, install_libraries,
-                             write_container)
+from .lambda_package import (
+    PACKAGES_VARIABLE,
+    UNZIPPED_LIMIT,
+    ZIP_LIMIT,
+    Libraries,
+    Platform,
+    install_libraries,
+    write_container,
+)
 
-__all__ = ["Bundle", "Package", "build_bundle", "build_package", "zip_files", "deploy", "remove", "lambda_group", "RUNTIMES", "ARCHITECTURES"]
+__all__ = ["ARCHITECTURES", "RUNTIMES", "Bundle", "Package", "build_bundle", "deploy", "lambda_group", "publish_layer",
+           "remove", "zip_files"]
 
 RUNTIMES = ("python3.10", "python3.11", "python3.12", "python3.13")
 ARCHITECTURES = ("x86_64", "arm64")
@@ -86,11 +94,6 @@ def zip_files(files: Iterable[tuple[str, Path]]) -> Package:
             archive.writestr(info, data, zipfile.ZIP_DEFLATED)
             sizes[arcname] = len(data)
     return Package(buffer.getvalue(), sizes)
-
-
-def build_package(packages: tuple[str, ...] = PACKAGES) -> Package:
-    """Zip the source of ``packages`` as installed here, leaving out bytecode and compiled modules."""
-    return zip_files(_source_files(packages))
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ def install_libraries(requirements: Path | None, packages: Iterable[str], platfo
     wanted = [*(["-r", str(requirements)] if requirements else []), *packages]
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--disable-pip-version-check",
                "--target", str(folder), *platform.pip_options(), *wanted]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         lines = [line for line in done.stderr.splitlines() if line.strip()] or ["(no output)"]
         raise ConfigError(f"pip could not install binary wheels for {platform.runtime} {platform.architecture}: "

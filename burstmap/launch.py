@@ -31,7 +31,7 @@ from .aws import explain, lambda_client, with_backoff
 from .config import load_config
 from .errors import BurstmapError, ConfigError
 
-__all__ = ["FLEET_TAG", "Fleet", "WorkerSpec", "launch", "list_instances", "run_worker", "standalone_group",
+__all__ = ["FLEET_TAG", "Fleet", "Machines", "WorkerSpec", "launch", "list_instances", "run_worker", "standalone_group",
            "terminate", "user_data", "worker_policy"]
 
 FLEET_TAG = "burstmap:fleet"

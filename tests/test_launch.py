@@ -22,7 +22,15 @@ import burstmap
 from burstmap.backends.standalone import StandaloneBackend
 from burstmap.cli import main
 from burstmap.errors import ConfigError
-from burstmap.launch import FLEET_TAG, Fleet, Machines, WorkerSpec, launch, list_instances, terminate, user_data
+from burstmap.launch import (
+    FLEET_TAG,
+    Fleet,
+    Machines,
+    WorkerSpec,
+    launch,
+    list_instances,
+    user_data,
+)
 from burstmap.storage.redis import RedisStorage
 
 from .conftest import TEST_SECRET
@@ -44,7 +52,7 @@ def aws(moto_server: str) -> Iterator[str]:
         patch.undo()
 
 
-def _ec2(aws: str):  # noqa: ANN202 - a boto3 client
+def _ec2(aws: str):
     return boto3.client("ec2", endpoint_url=aws, region_name=REGION)
 
 
