@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -52,6 +53,11 @@ class Fleet:
     name: str = "burstmap"
     region: str | None = None
     endpoint_url: str | None = None
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,48}", self.name):
+            raise ConfigError(f"--fleet must be 1 to 48 letters, digits, '-' or '_' (it names an IAM role), "
+                              f"not {self.name!r}")
 
     def client(self, service: str) -> Any:
         return lambda_client(self.region, self.endpoint_url, service)

@@ -139,6 +139,8 @@ def test_spot_request_shape_and_list_terminate_through_the_cli(aws: str) -> None
 def test_bad_options_are_one_clear_line(aws: str) -> None:
     with pytest.raises(ConfigError, match="--store must be s3://bucket or redis://host:port/db"):
         WorkerSpec("sqs://calls", "file:///tmp/store/")
+    with pytest.raises(ConfigError, match="--fleet must be 1 to 48 letters"):
+        Fleet("two\nlines")
     with pytest.raises(ConfigError, match="--queue must be redis://"):
         WorkerSpec("http://calls", "s3://results")
     result = CliRunner().invoke(main, ["standalone", "launch", "1", "--queue", "sqs://q", "--store", "s3://b",
