@@ -29,7 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..attempts import Attempts
 from ..aws import BotoInvoker, Invoker, explain, lambda_client, transient, with_backoff
-from ..errors import BurstmapError, ConfigError
+from ..errors import BurstmapError, ConfigError, StorageError
 from ..job import Batch, Manifest, Record, finished_calls
 from ..lambda_handler import MAX_EVENT_BYTES, make_event
 from ..lambda_package import recorded_packages, version_drift
@@ -126,12 +126,18 @@ class LambdaBackend(Backend):
     def _warn_drift(self, manifest: Manifest) -> None:
         """Warn once per job when a library its function uses has another version on the function than here.
 
-        Costs one read of the pickled function per job, and only when the function was deployed with libraries.
+        Costs one read of the pickled function per job, and only when the function was deployed with libraries;
+        a store that cannot give it now only skips the check, the job goes on.
         """
         if not self.packages or manifest.job_id in self._checked:
             return
         self._checked.add(manifest.job_id)
-        for line in version_drift(self.storage.get(manifest.layout.func), self.packages):
+        try:
+            function = self.storage.get(manifest.layout.func)
+        except StorageError as e:
+            log.warning("burstmap: job %s: versions not compared with the function's: %s", manifest.job_id, e)
+            return
+        for line in version_drift(function, self.packages):
             log.warning("burstmap: job %s: %s; results may differ, redeploy with your versions "
                         "(burstmap lambda deploy --requirements ...)", manifest.job_id, line)
 
