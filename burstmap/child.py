@@ -169,7 +169,8 @@ class CallProcess:
             to_child_r, to_child_w = os.pipe()
             theirs = (to_child_r, to_parent_w)
             self._process = subprocess.Popen(
-                [sys.executable, "-c", "from burstmap.child import main; main()", *map(str, theirs), str(os.getpid())],
+                [sys.executable, *_NO_SITE, "-c", "from burstmap.child import main; main()", *map(str, theirs),
+                 str(os.getpid())],
                 pass_fds=theirs, start_new_session=True, env=_env(),
             )
             for fd in theirs:
@@ -191,6 +192,10 @@ class CallProcess:
             self._inbox.close()
             self._outbox.close()
         self._process = None
+
+
+#: A process started without site-packages (``python -S``, as bare as Lambda's) starts its children so too.
+_NO_SITE = ("-S",) if sys.flags.no_site else ()
 
 
 def _env() -> dict[str, str]:

@@ -49,6 +49,7 @@ def _one_line(error: BaseException) -> str:
 #: Subcommands whose modules need optional packages: imported only when asked for.
 LAZY_COMMANDS = {
     "lambda": ("burstmap.deploy:lambda_group", "aws"),
+    "standalone": ("burstmap.launch:standalone_group", "aws"),
     "worker": ("burstmap.daemon:worker", "redis"),
 }
 
