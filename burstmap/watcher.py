@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 
 from .errors import BurstmapError, PayloadRejectedError, SerializationError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error
-from .job import CHUNK, CallState, Layout, Manifest, Record, RecordError, call_ids_of, decode_records, load_output
+from .job import CHUNK, CallState, Manifest, Record, RecordError, call_ids_of, decode_records, load_output
 from .stats import JobSummary
 from .storage.base import Storage
 
@@ -34,6 +35,36 @@ _OUTAGES = (StorageError, OSError)  # what a store raises while it is unreachabl
 
 #: The futures of one job's calls that still wait for a record; several for a call attached twice.
 Calls = dict[int, list[ResponseFuture]]
+
+
+class _Job:
+    """A watched job: its calls still waiting, counted per status group (so that a poll never walks them
+    all), and its outcomes counted as found, for its summary."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.layout = manifest.layout
+        self.calls: Calls = {}
+        self.chunks: Counter[int] = Counter()
+        self.summary = JobSummary.of(manifest, ())
+
+    def add(self, future: ResponseFuture) -> None:
+        if future.call_id not in self.calls:
+            self.chunks[future.call_id // CHUNK] += 1
+        self.calls.setdefault(future.call_id, []).append(future)
+
+    def pop(self, call_id: int) -> list[ResponseFuture]:
+        """The futures of a call, no longer waiting (none if it was not)."""
+        futures = self.calls.pop(call_id, [])
+        if futures:
+            self.chunks[call_id // CHUNK] -= 1
+            if not self.chunks[call_id // CHUNK]:
+                del self.chunks[call_id // CHUNK]
+        return futures
+
+    def prune(self) -> None:
+        """Stop waiting for calls whose futures were all cancelled: no record will come for them."""
+        for call_id in [i for i, futures in self.calls.items() if all(f.done() for f in futures)]:
+            self.pop(call_id)
 
 
 def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record) -> None:
@@ -88,8 +119,7 @@ class Watcher:
         self.outage_limit = outage_limit
         self._storage = storage
         self._key = key
-        self._jobs: dict[str, tuple[Layout, Calls]] = {}
-        self._summaries: dict[str, JobSummary] = {}  # each watched job's outcomes, counted
+        self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
@@ -101,10 +131,9 @@ class Watcher:
         with self._lock:
             if self._stopped:
                 raise RuntimeError("cannot watch calls after the executor was shut down")
-            self._summaries.setdefault(layout.job_id, JobSummary.of(manifest, ()))
-            calls = self._jobs.setdefault(layout.job_id, (layout, {}))[1]
+            job = self._jobs.get(layout.job_id) or self._jobs.setdefault(layout.job_id, _Job(manifest))
             for future in futures:
-                calls.setdefault(future.call_id, []).append(future)
+                job.add(future)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="burstmap-watcher", daemon=True)
                 self._thread.start()
@@ -113,22 +142,22 @@ class Watcher:
     def take(self, job_id: str, call_ids: Sequence[int]) -> list[int]:
         """The `CallBoard` side: mark calls as handed to a worker; return those some future still wants."""
         with self._lock:
-            calls = self._jobs.get(job_id, (None, {}))[1]
+            calls = self._jobs[job_id].calls if job_id in self._jobs else {}
             chosen = {i: list(calls.get(i, ())) for i in call_ids}
         return [i for i, futures in chosen.items() if any([f.take() for f in futures])]  # a list: take them all
 
     def fail(self, job_id: str, call_ids: Sequence[int], error: BaseException) -> None:
         """The `CallBoard` side: finish calls with ``error`` because their outcome cannot reach the store."""
         with self._lock:
-            calls = self._jobs.get(job_id, (None, {}))[1]
-            futures = [f for i in call_ids for f in calls.pop(i, ())]
+            job = self._jobs.get(job_id)
+            futures = [f for i in call_ids for f in job.pop(i)] if job else []
         for future in futures:
             future._finish(None, error=error)
 
     def pending(self) -> list[ResponseFuture]:
         """The futures still waiting for their call's record (neither finished nor cancelled)."""
         with self._lock:
-            futures = [f for _, calls in self._jobs.values() for fs in calls.values() for f in fs]
+            futures = [f for job in self._jobs.values() for fs in job.calls.values() for f in fs]
         return [f for f in futures if not f.done()]
 
     def close(self, error: Callable[[str], BaseException]) -> None:
@@ -149,18 +178,18 @@ class Watcher:
     def _fail_all(self, error: Callable[[str], BaseException]) -> None:
         """Finish every future still watched with a fresh ``error(job_id)`` each, and forget them."""
         with self._lock:
-            jobs, self._jobs, self._summaries = self._jobs, {}, {}
-        for job_id, (_, calls) in jobs.items():
-            for futures in calls.values():
+            jobs, self._jobs = self._jobs, {}
+        for job_id, job in jobs.items():
+            for futures in job.calls.values():
                 for future in futures:
                     future._finish(None, error=error(job_id))
 
     def _loop(self) -> None:
         """Poll until stopped. Nothing ends it: an unexpected error is logged and fails the futures watched."""
-        interval, outage, active = _MIN_INTERVAL, None, time.monotonic()
+        interval, outage, active, found = _MIN_INTERVAL, None, time.monotonic(), 0
         while not self._stopped:
             try:
-                found, listing = self._poll()
+                found, listing = self._poll(prune=not found)
                 outage = None
             except _OUTAGES as e:
                 outage = outage or time.monotonic()
@@ -185,23 +214,24 @@ class Watcher:
         """The store stayed unreachable: every pending call fails with one line that says so."""
         return StorageError(f"store {self._storage!r} unreachable for over {self.outage_limit:g}s: {error}")
 
-    def _finish_key(self, job_id: str, key: str, calls: Calls) -> int:
+    def _finish_key(self, job: _Job, key: str) -> int:
         """Finish the waiting futures whose records a status key holds; return how many calls."""
         with self._lock:
-            taken = {i: calls.pop(i) for i in call_ids_of(key) or () if i in calls}
+            taken = {i: job.pop(i) for i in call_ids_of(key) or () if i in job.calls}
         if not taken:
             return 0
         try:
-            self._finish_calls(job_id, key, taken)
+            self._finish_calls(job, key, taken)
         except _OUTAGES:
             with self._lock:
-                for i, futures in taken.items():
-                    calls.setdefault(i, []).extend(f for f in futures if not f.done())
+                for future in (f for futures in taken.values() for f in futures if not f.done()):
+                    job.add(future)
             raise
         return len(taken)
 
-    def _finish_calls(self, job_id: str, key: str, taken: Calls) -> None:
+    def _finish_calls(self, job: _Job, key: str, taken: Calls) -> None:
         """Finish the futures of the calls a status key holds; one that cannot be finished fails."""
+        job_id = job.layout.job_id
         data = self._storage.get(key)
         try:
             records = {r.call_id: r for r in decode_records(data, self._key, job_id)}
@@ -210,9 +240,7 @@ class Watcher:
                 future._finish(None, error=type(e)(f"{key}: {e}"))
             return
         with self._lock:
-            summary = self._summaries.get(job_id)
-            if summary is not None:
-                summary.add(records[i] for i in taken if i in records)
+            job.summary.add(records[i] for i in taken if i in records)
         for call_id, futures in taken.items():
             record = records.get(call_id)
             for future in futures:
@@ -225,28 +253,31 @@ class Watcher:
                 except BaseException as e:
                     future._finish(record, error=e)
 
-    def _poll(self) -> tuple[int, float]:
-        """Finish what has appeared; return how many, and the seconds spent listing."""
+    def _poll(self, prune: bool = True) -> tuple[int, float]:
+        """Finish what has appeared; return how many, and the seconds spent listing.
+
+        With ``prune``, calls whose futures were all cancelled stop being waited for first: that walks
+        every waiting call, so the loop asks for it only when the last poll found nothing.
+        """
         with self._lock:
             jobs = list(self._jobs.values())
         found, listing = 0, 0.0
-        for layout, calls in jobs:
+        for job in jobs:
             with self._lock:
-                for call_id in [i for i, futures in calls.items() if all(f.done() for f in futures)]:
-                    del calls[call_id]  # cancelled: no record will come
-                chunks = sorted({call_id // CHUNK for call_id in calls})
+                if prune:
+                    job.prune()
+                chunks = sorted(job.chunks)
             for chunk in chunks:
                 began = time.perf_counter()
-                keys = list(self._storage.list(layout.status_chunk(chunk)))
+                keys = list(self._storage.list(job.layout.status_chunk(chunk)))
                 listing += time.perf_counter() - began
                 for key in keys:
-                    found += self._finish_key(layout.job_id, key, calls)
+                    found += self._finish_key(job, key)
             with self._lock:
-                ended = not calls and self._jobs.get(layout.job_id, (None, None))[1] is calls
+                ended = not job.calls and self._jobs.get(job.layout.job_id) is job
                 if ended:
-                    del self._jobs[layout.job_id]
-                    summary = self._summaries.pop(layout.job_id)
+                    del self._jobs[job.layout.job_id]
             if ended:
-                summary.store(self._storage, self._key)  # so that listing jobs never reads this job's records
+                job.summary.store(self._storage, self._key)  # so that listing jobs never reads this job's records
         return found, listing
 
