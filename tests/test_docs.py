@@ -21,6 +21,7 @@ def first_example(page: str) -> str:
     ("multiprocessing.md", ["[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]", "[0, 1, 4]", "1024 True"]),
     ("joblib.md", ["{'C': 10}"]),
     ("dask.md", ["999000 ['BURST', 'MAP']"]),
+    ("cubed.md", ["2000000000.0"]),
 ])
 def test_example_runs(page, printed, tmp_path):
     script = tmp_path / "example.py"
