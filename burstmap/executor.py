@@ -16,13 +16,14 @@ from typing import Any
 
 from . import registry, stats
 from .backends.base import Backend
+from .call import Spread, WithEnv
 from .config import Config, load_config
 from .errors import ConfigError, ExecutorShutdownError
 from .future import ResponseFuture
 from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manifest, new_job_id
 from .partition import is_data_source, pieces
 from .retry import Retrying
-from .serialize import dumps_calls, dumps_function, seal
+from .serialize import dumps_calls, dumps_function, excluding, seal
 from .storage import Patient
 from .storage.base import Storage
 from .watcher import Watcher, reportable
@@ -93,6 +94,9 @@ class Executor(cf.Executor):
         data, offsets = dumps_calls(calls, self._key, job_id)
         if len(offsets) == 1:
             return []
+        limit = self.config.map_item_limit
+        if limit is not None and len(offsets) - 1 > limit:
+            raise ConfigError(f"a job of {len(offsets) - 1} calls is over map_item_limit ({limit}); split it or raise the limit")
         self._start()
         manifest = Manifest(
             job_id=job_id, prefix=self.config.prefix, function=name or _qualname(func), offsets=tuple(offsets),
@@ -122,10 +126,11 @@ class Executor(cf.Executor):
     def _futures(self, layout: Layout, n_calls: int) -> list[ResponseFuture]:
         return [ResponseFuture(layout, i, self.storage, self.config.progress) for i in range(n_calls)]
 
-    def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (),
-                   timeout: float | None = None) -> ResponseFuture:
-        """Run ``func(data, *extra_args)`` as one call; return its future at once."""
-        return self._submit_job(func, [((data, *extra_args), {})], timeout, None)[0]
+    def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (), timeout: float | None = None,
+                   extra_env: Mapping[str, str] | None = None, exclude_modules: Iterable[str] = ()) -> ResponseFuture:
+        """Run ``func(data, *extra_args)`` as one call; return its future at once (options as for `map`)."""
+        with excluding(exclude_modules):
+            return self._submit_job(_with_env(func, extra_env), [((data, *extra_args), {})], timeout, None)[0]
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ResponseFuture:
         """Run ``fn(*args, **kwargs)`` as one call, like `concurrent.futures.Executor.submit`."""
@@ -134,7 +139,8 @@ class Executor(cf.Executor):
     def map(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (),  # type: ignore[override]
             timeout: float | None = None, worker_retries: int | None = None, retries: int = 0,
             retry_on: tuple[type[BaseException], ...] = (Exception,), chunk_size: int | str | None = None,
-            newline_aligned: bool = True) -> list[ResponseFuture]:
+            newline_aligned: bool = True, extra_env: Mapping[str, str] | None = None,
+            exclude_modules: Iterable[str] = ()) -> list[ResponseFuture]:
         """Run ``func(item, *extra_args)`` for every item, one call each; return the futures at once.
 
         Args:
@@ -148,6 +154,9 @@ class Executor(cf.Executor):
                 exponential backoff; exceptions are not retried by default.
             chunk_size: with data, split objects into byte ranges of this size (``"64MiB"``).
             newline_aligned: with data, move chunk boundaries to line ends so no text line is split.
+            extra_env: environment variables set for the length of each call.
+            exclude_modules: names of your own modules not to ship with the function (the workers
+                have them installed).
         """
         if is_data_source(iterdata):
             iterdata = pieces(iterdata, chunk_size, newline_aligned, storage=self.storage)
@@ -157,7 +166,13 @@ class Executor(cf.Executor):
         name = _qualname(func)
         if retries:
             func = Retrying(func, retries, tuple(retry_on))
-        return self._submit_job(func, (((item, *extra), {}) for item in iterdata), timeout, worker_retries, name=name)
+        with excluding(exclude_modules):
+            return self._submit_job(_with_env(func, extra_env), (((item, *extra), {}) for item in iterdata), timeout,
+                                    worker_retries, name=name)
+
+    def starmap(self, func: Callable, iterdata: Iterable[Any], **options: Any) -> list[ResponseFuture]:
+        """Like `map`, but a tuple input is spread as positional arguments and a dict input as keywords."""
+        return self.map(Spread(func), iterdata, **options)
 
     def reduce(self, func: Callable, futures: Iterable[ResponseFuture], extra_args: Iterable[Any] = (),
                timeout: float | None = None) -> ResponseFuture:
@@ -295,6 +310,10 @@ def _copy_outcome(target: ResponseFuture, source: ResponseFuture) -> None:
         target._finish(source.record, error=error)
     else:
         target._finish(source.record, source.result())
+
+
+def _with_env(func: Callable, extra_env: Mapping[str, str] | None) -> Callable:
+    return WithEnv(func, extra_env) if extra_env else func
 
 
 def _qualname(func: Callable) -> str:

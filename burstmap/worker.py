@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .call import running
 from .errors import KeyNotFoundError, PayloadRejectedError, StorageError
 from .job import CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_records, load_output, read_record
 from .piece import DataPiece
@@ -97,7 +98,7 @@ class Handler:
         began = time.time()
         record.setup = began - record.start
         try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), running(task.job_id, task.call_id):
                 value = func(*args, **kwargs)
         except BaseException as e:
             record.state, record.error = CallState.ERROR, _error_fields(e)
