@@ -11,9 +11,12 @@ import contextvars
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-__all__ = ["CallId", "current_call", "running", "WithEnv", "Spread"]
+if TYPE_CHECKING:
+    from .storage.base import Storage
+
+__all__ = ["CallId", "current_call", "current_store", "running", "WithEnv", "Spread"]
 
 
 class CallId(NamedTuple):
@@ -24,6 +27,7 @@ class CallId(NamedTuple):
 
 
 _current: contextvars.ContextVar[CallId | None] = contextvars.ContextVar("burstmap_call", default=None)
+_store: contextvars.ContextVar[Storage | None] = contextvars.ContextVar("burstmap_store", default=None)
 
 
 def current_call() -> CallId | None:
@@ -31,14 +35,21 @@ def current_call() -> CallId | None:
     return _current.get()
 
 
+def current_store() -> Storage | None:
+    """The store the running call was read from, or None outside a call: what travels with a call
+    (a future, a shared array) is found there, so no store and none of its credentials travel too."""
+    return _store.get()
+
+
 @contextmanager
-def running(job_id: str, call_id: int) -> Iterator[None]:
+def running(job_id: str, call_id: int, storage: Storage) -> Iterator[None]:
     """Mark a call as running in this thread (the worker handler does this around each call)."""
-    token = _current.set(CallId(job_id, call_id))
+    tokens = _current.set(CallId(job_id, call_id)), _store.set(storage)
     try:
         yield
     finally:
-        _current.reset(token)
+        _current.reset(tokens[0])
+        _store.reset(tokens[1])
 
 
 class WithEnv:

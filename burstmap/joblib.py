@@ -24,10 +24,10 @@ import cloudpickle
 from joblib import register_parallel_backend
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
+from .call import current_store
 from .errors import PayloadRejectedError
 from .executor import Executor, default_executor
 from .serialize import _user_modules_by_value
-from .storage.base import Storage
 
 __all__ = ["BurstmapBackend"]
 
@@ -117,7 +117,7 @@ class BurstmapBackend(AutoBatchingMixin, ParallelBackendBase):
             _SharingPickler(buffer, self._share).dump(func)
         return buffer.getvalue()
 
-    def _share(self, obj: Any) -> tuple[Storage, str, str] | None:
+    def _share(self, obj: Any) -> tuple[str, str] | None:
         """A reference to ``obj`` in the store if it is a large array (stored on first sight), else None."""
         numpy = sys.modules.get("numpy")
         if numpy is None or type(obj) is not numpy.ndarray or obj.nbytes < self._shared_min_bytes:
@@ -130,7 +130,7 @@ class BurstmapBackend(AutoBatchingMixin, ParallelBackendBase):
             if not self.executor.storage.exists(key):
                 self.executor.storage.put(key, blob)
             known = self._stored[id(obj)] = (obj, key, digest)  # holding obj keeps its id from being reused
-        return self.executor.storage, known[1], known[2]
+        return known[1], known[2]
 
     def _forget(self, future: cf.Future) -> None:
         with self._lock:
@@ -151,12 +151,16 @@ class _SharingPickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
-def _load_shared(storage: Storage, key: str, digest: str) -> Any:
-    """A stored array, read once per worker process; its bytes must hash to the digest the signed call carries."""
+def _load_shared(key: str, digest: str) -> Any:
+    """A stored array, read from the call's store once per worker process; its bytes must hash to the
+    digest the signed call carries."""
     with _cache_lock:
         if digest in _cache:
             _cache.move_to_end(digest)
             return _cache[digest]
+    storage = current_store()
+    if storage is None:
+        raise RuntimeError(f"stored array {key} can be read only inside a burstmap call")
     blob = storage.get(key)
     if hashlib.sha256(blob).hexdigest() != digest:
         raise PayloadRejectedError(f"stored array {key} does not match the digest its call was signed with")

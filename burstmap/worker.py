@@ -98,7 +98,7 @@ class Handler:
         began = time.time()
         record.setup = began - record.start
         try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), running(task.job_id, task.call_id):
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), running(task.job_id, task.call_id, self.storage):
                 value = func(*args, **kwargs)
         except BaseException as e:
             record.state, record.error = CallState.ERROR, _error_fields(e)

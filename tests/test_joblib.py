@@ -96,12 +96,13 @@ def test_a_large_shared_array_is_stored_once(executor):
 
 
 def test_a_tampered_shared_array_is_refused(tmp_path):
+    from burstmap.call import running
     from burstmap.storage.local import LocalStorage
 
     store = LocalStorage(tmp_path)
     store.put("shared/abc", b"not what was signed")
-    with pytest.raises(burstmap.PayloadRejectedError, match="does not match"):
-        burstmap.joblib._load_shared(store, "shared/abc", "0" * 64)
+    with running("job", 0, store), pytest.raises(burstmap.PayloadRejectedError, match="does not match"):
+        burstmap.joblib._load_shared("shared/abc", "0" * 64)
 
 
 def test_n_jobs_and_shared_memory():
