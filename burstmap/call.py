@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from .storage.base import Storage
 
-__all__ = ["CallId", "current_call", "current_store", "running", "WithEnv", "Spread"]
+__all__ = ["CallId", "current_call", "current_place", "running", "WithEnv", "Spread"]
 
 
 class CallId(NamedTuple):
@@ -27,7 +27,7 @@ class CallId(NamedTuple):
 
 
 _current: contextvars.ContextVar[CallId | None] = contextvars.ContextVar("burstmap_call", default=None)
-_store: contextvars.ContextVar[Storage | None] = contextvars.ContextVar("burstmap_store", default=None)
+_place: contextvars.ContextVar[tuple[Storage, bytes] | None] = contextvars.ContextVar("burstmap_place", default=None)
 
 
 def current_call() -> CallId | None:
@@ -35,21 +35,24 @@ def current_call() -> CallId | None:
     return _current.get()
 
 
-def current_store() -> Storage | None:
-    """The store the running call was read from, or None outside a call: what travels with a call
-    (a future, a shared array) is found there, so no store and none of its credentials travel too."""
-    return _store.get()
+def current_place() -> tuple[Storage, bytes] | None:
+    """The store the running call was read from and the key it was verified with, or None outside a call.
+
+    What travels into a call (a future, a shared array) is found and verified with these, so neither
+    a store, its credentials nor the key ever travel in a call's input.
+    """
+    return _place.get()
 
 
 @contextmanager
-def running(job_id: str, call_id: int, storage: Storage) -> Iterator[None]:
+def running(job_id: str, call_id: int, storage: Storage, key: bytes) -> Iterator[None]:
     """Mark a call as running in this thread (the worker handler does this around each call)."""
-    tokens = _current.set(CallId(job_id, call_id)), _store.set(storage)
+    tokens = _current.set(CallId(job_id, call_id)), _place.set((storage, key))
     try:
         yield
     finally:
         _current.reset(tokens[0])
-        _store.reset(tokens[1])
+        _place.reset(tokens[1])
 
 
 class WithEnv:

@@ -77,12 +77,23 @@ class ResponseFuture(cf.Future):
         return self.record.log.decode("utf-8", "replace") if self.record else ""
 
     def result(self, timeout: float | None = None) -> Any:
+        """The call's result; a future, or a list of futures, that the call returned is resolved too (as in Lithops)."""
         value = super().result(timeout)
         if isinstance(value, Deferred):
             value = value.load()
             with self._condition:
                 self._result = value
+        if isinstance(value, ResponseFuture):
+            return value.result(timeout)
+        if isinstance(value, list) and value and all(isinstance(v, ResponseFuture) for v in value):
+            return [v.result(timeout) for v in value]
         return value
+
+    def __reduce__(self) -> tuple:
+        """Pickle as the call's identity; unpickled, it is watched from the store there (`burstmap.travel`)."""
+        from .travel import attached
+
+        return attached, (self.layout.prefix, self.job_id, self.call_id)
 
     def succeeded(self) -> bool:
         """Whether the call has finished and returned (PyWren's name)."""

@@ -24,7 +24,7 @@ import cloudpickle
 from joblib import register_parallel_backend
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
-from .call import current_store
+from .call import current_place
 from .errors import PayloadRejectedError
 from .executor import Executor, default_executor
 from .serialize import _user_modules_by_value
@@ -158,10 +158,10 @@ def _load_shared(key: str, digest: str) -> Any:
         if digest in _cache:
             _cache.move_to_end(digest)
             return _cache[digest]
-    storage = current_store()
-    if storage is None:
+    place = current_place()
+    if place is None:
         raise RuntimeError(f"stored array {key} can be read only inside a burstmap call")
-    blob = storage.get(key)
+    blob = place[0].get(key)
     if hashlib.sha256(blob).hexdigest() != digest:
         raise PayloadRejectedError(f"stored array {key} does not match the digest its call was signed with")
     value = pickle.loads(blob)

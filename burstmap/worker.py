@@ -80,7 +80,14 @@ class Handler:
         return record
 
     def execute(self, task: Task) -> Record:
-        """Run one task and return its finished record, not yet written."""
+        """Run one task and return its finished record, not yet written.
+
+        While its input is unpickled and it runs, the call knows itself (`burstmap.current_call`).
+        """
+        with running(task.job_id, task.call_id, self.storage, self._key):
+            return self._execute(task)
+
+    def _execute(self, task: Task) -> Record:
         record = Record(task.call_id, CallState.OK, task.attempt, time.time(), host=_HOST, worker=self.worker,
                         pid=os.getpid())
         try:
@@ -98,7 +105,7 @@ class Handler:
         began = time.time()
         record.setup = began - record.start
         try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log), running(task.job_id, task.call_id, self.storage):
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 value = func(*args, **kwargs)
         except BaseException as e:
             record.state, record.error = CallState.ERROR, _error_fields(e)

@@ -22,6 +22,7 @@ def first_example(page: str) -> str:
     ("joblib.md", ["{'C': 10}"]),
     ("dask.md", ["999000 ['BURST', 'MAP']"]),
     ("cubed.md", ["2000000000.0"]),
+    ("nested.md", ["[0, 1, 4, 9]", "26"]),
     ("pywren.md", ["Hello, Ada! (call 0)", "Hello, Alan? (call 1)", "True []"]),
 ])
 def test_example_runs(page, printed, tmp_path):

@@ -101,7 +101,7 @@ def test_a_tampered_shared_array_is_refused(tmp_path):
 
     store = LocalStorage(tmp_path)
     store.put("shared/abc", b"not what was signed")
-    with running("job", 0, store), pytest.raises(burstmap.PayloadRejectedError, match="does not match"):
+    with running("job", 0, store, b"key"), pytest.raises(burstmap.PayloadRejectedError, match="does not match"):
         burstmap.joblib._load_shared("shared/abc", "0" * 64)
 
 

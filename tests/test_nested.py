@@ -1,7 +1,11 @@
 """Calls that start executors of their own on the local backend, and futures that travel."""
 
 import os
+import pickle
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -9,7 +13,7 @@ import burstmap
 from burstmap.backends.local import LocalBackend
 from burstmap.storage.local import LocalStorage
 
-from .conftest import TEST_SECRET
+from .conftest import TEST_SECRET, subprocess_env
 
 
 def inner_square_sum(n, store):
@@ -57,3 +61,47 @@ def test_nested_workers_die_with_their_owner(one_worker, tmp_path):
     while any(alive(pid) for pid in inner_pids):
         pass
     assert one_worker.call_async(abs, -2).result() == 2
+
+
+def slow_square(x):
+    time.sleep(0.3)
+    return x * x
+
+
+def doubled(future):
+    return 2 * future.result()
+
+
+def inner_futures(n):
+    with burstmap.Executor(backend=LocalBackend(workers=1), progress=False) as inner:
+        return inner.map(slow_square, range(n))
+
+
+@pytest.fixture
+def configured(tmp_path, monkeypatch):
+    """An executor whose store and key come from the environment, so any process here can find its calls."""
+    env = {"BURSTMAP_STORAGE": "local", "BURSTMAP_STORAGE_PATH": str(tmp_path / "store"),
+           "BURSTMAP_SECRET_KEY": TEST_SECRET}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with burstmap.Executor(backend=LocalBackend(workers=2), progress=False) as ex:
+        yield ex
+
+
+def test_a_future_travels_to_another_process(configured):
+    future = configured.call_async(slow_square, 7)
+    blob = pickle.dumps(future)
+    assert b"secret" not in blob.lower() and len(blob) < 300
+    reader = "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read()).result())"
+    run = subprocess.run([sys.executable, "-c", reader], input=blob, capture_output=True, env=subprocess_env())
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout.decode().strip() == "49" and future.result() == 49
+
+
+@pytest.mark.parametrize("executor", ["local", "dask"], indirect=True)
+def test_a_future_travels_into_a_call(executor):
+    assert executor.call_async(doubled, executor.call_async(slow_square, 3)).result() == 18
+
+
+def test_futures_a_call_returns_are_resolved(configured):
+    assert configured.call_async(inner_futures, 3).result() == [0, 1, 4]
