@@ -219,9 +219,13 @@ class Executor(cf.Executor):
         return outcome
 
     def map_reduce(self, map_func: Callable, iterdata: Iterable[Any], reduce_func: Callable,
-                   extra_args: Iterable[Any] = (), timeout: float | None = None) -> ResponseFuture:
-        """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call."""
-        return self.reduce(reduce_func, self.map(map_func, iterdata, extra_args, timeout), timeout=timeout)
+                   extra_args: Iterable[Any] = (), timeout: float | None = None, **map_options: Any) -> ResponseFuture:
+        """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call.
+
+        ``map_options`` are those of `map` (``chunk_size`` to split data, ``extra_env``, ``retries``...).
+        """
+        futures = self.map(map_func, iterdata, extra_args, timeout, **map_options)
+        return self.reduce(reduce_func, futures, timeout=timeout)
 
     def manifest(self, job_id: str) -> Manifest:
         """The stored, verified description of a job; `JobNotFoundError` if the store has none."""

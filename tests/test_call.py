@@ -97,3 +97,16 @@ def test_map_item_limit(tmp_path):
     with pytest.raises(burstmap.ConfigError, match="positive integer"):
         burstmap.Executor(map_item_limit=0)
     ex.shutdown()
+
+
+def count_lines(piece):
+    return sum(1 for _ in piece.lines())
+
+
+@on_backends
+def test_map_reduce_takes_map_options(executor, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "lines.txt").write_text("".join(f"line {i}\n" for i in range(1000)))
+    total = executor.map_reduce(count_lines, str(data), sum, chunk_size=1024, extra_env={"UNUSED": "1"})
+    assert total.result() == 1000
