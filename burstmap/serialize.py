@@ -110,6 +110,8 @@ _excluded = threading.local()
 @contextmanager
 def excluding(modules: Iterable[str]) -> Iterator[None]:
     """Ship none of ``modules`` by value while this thread pickles in the block (PyWren's ``exclude_modules``)."""
+    if isinstance(modules, str):
+        raise TypeError(f"exclude_modules takes a list of module names, not the string {modules!r}")
     saved = getattr(_excluded, "names", frozenset())
     _excluded.names = saved | set(modules)
     try:

@@ -59,6 +59,11 @@ def test_excluded_modules_are_not_shipped(executor, tmp_path):
         sys.modules.pop("bm_local_helpers", None)
 
 
+def test_exclude_modules_takes_a_list(tmp_path):
+    with pytest.raises(TypeError, match="list of module names"):
+        burstmap.Executor().map(abs, [1], exclude_modules="numpy")
+
+
 @on_backends
 def test_starmap_spreads_tuples_and_dicts(executor):
     futures = executor.starmap(add, [(1, 2), {"a": 1, "c": 5}, (1, 2, 3), 7])
