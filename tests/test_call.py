@@ -9,7 +9,10 @@ import pytest
 import burstmap
 from burstmap.call import Spread, WithEnv
 
-on_backends = pytest.mark.parametrize("executor", ["local", "dask"], indirect=True)
+@pytest.fixture
+def executor(near_executor):
+    """The local or Dask executor these tests run on (each test runs on both unless it says otherwise)."""
+    return near_executor
 
 
 def env_var(name):
@@ -30,12 +33,11 @@ def fail_if_odd(x):
     return x
 
 
-@on_backends
 def test_extra_env_is_set_for_the_call_only(executor):
-    futures = executor.map(env_var, ["BURSTMAP_TEST_VAR"] * 3, extra_env={"BURSTMAP_TEST_VAR": "yes"})
+    futures = executor.map(env_var, ["BM_TEST_VAR"] * 3, extra_env={"BM_TEST_VAR": "yes"})
     assert burstmap.get_all_results(futures) == ["yes"] * 3
-    assert executor.call_async(env_var, "BURSTMAP_TEST_VAR").result() is None
-    assert executor.call_async(env_var, "BURSTMAP_TEST_VAR", extra_env={"BURSTMAP_TEST_VAR": "1"}).result() == "1"
+    assert executor.call_async(env_var, "BM_TEST_VAR").result() is None
+    assert executor.call_async(env_var, "BM_TEST_VAR", extra_env={"BM_TEST_VAR": "1"}).result() == "1"
 
 
 def test_extra_env_takes_strings_only():
@@ -43,7 +45,6 @@ def test_extra_env_takes_strings_only():
         WithEnv(env_var, {"N": 1})
 
 
-@on_backends
 def test_excluded_modules_are_not_shipped(executor, tmp_path):
     (tmp_path / "bm_local_helpers.py").write_text("def triple(x):\n    return 3 * x\n")
     sys.path.insert(0, str(tmp_path))
@@ -64,7 +65,6 @@ def test_exclude_modules_takes_a_list(tmp_path):
         burstmap.Executor().map(abs, [1], exclude_modules="numpy")
 
 
-@on_backends
 def test_starmap_spreads_tuples_and_dicts(executor):
     futures = executor.starmap(add, [(1, 2), {"a": 1, "c": 5}, (1, 2, 3), 7])
     assert burstmap.get_all_results(futures) == [3, 6, 6, 7]
@@ -74,7 +74,6 @@ def test_spread_keeps_extra_args_after_the_input():
     assert Spread(add)((1,), 2) == 3 and Spread(add)({"b": 2}, 1) == 3
 
 
-@on_backends
 def test_a_call_knows_its_id(executor):
     futures = executor.map(Spread(identity), [()] * 3)
     ids = burstmap.get_all_results(futures)
@@ -82,7 +81,6 @@ def test_a_call_knows_its_id(executor):
     assert burstmap.current_call() is None
 
 
-@on_backends
 def test_succeeded_errored_and_wait_in_call_order(executor):
     futures = executor.map(fail_if_odd, range(6))
     done, not_done = burstmap.wait(futures)
@@ -108,7 +106,6 @@ def count_lines(piece):
     return sum(1 for _ in piece.lines())
 
 
-@on_backends
 def test_map_reduce_takes_map_options(executor, tmp_path):
     data = tmp_path / "data"
     data.mkdir()

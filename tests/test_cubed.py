@@ -8,7 +8,10 @@ from cubed.runtime.types import Callback
 
 from burstmap.cubed import BurstmapExecutor
 
-on_backends = pytest.mark.parametrize("executor", ["local", "dask"], indirect=True)
+@pytest.fixture
+def executor(near_executor):
+    """The local or Dask executor these tests run on (each test runs on both unless it says otherwise)."""
+    return near_executor
 
 
 class Tasks(Callback):
@@ -21,7 +24,6 @@ class Tasks(Callback):
         self.events.append(event)
 
 
-@on_backends
 def test_array_computations_match_numpy(executor, tmp_path):
     spec = cubed.Spec(work_dir=str(tmp_path), allowed_mem="100MB", executor=BurstmapExecutor(executor))
     a_np = np.arange(36.0).reshape(6, 6)
@@ -43,7 +45,7 @@ def fail_once(block, marker):
     return block + 1
 
 
-@pytest.mark.parametrize("executor", ["local"], indirect=True)
+@pytest.mark.parametrize("near_executor", ["local"], indirect=True)
 def test_cubed_retries_are_burstmap_retries(executor, tmp_path):
     marker = tmp_path / "marker"
     for retries, works in ((0, False), (1, True)):

@@ -8,14 +8,16 @@ import dask.bag as db
 import numpy as np
 import pytest
 
-on_backends = pytest.mark.parametrize("executor", ["local", "dask"], indirect=True)
+@pytest.fixture
+def executor(near_executor):
+    """The local or Dask executor these tests run on (each test runs on both unless it says otherwise)."""
+    return near_executor
 
 
 def where(word):
     return word.upper(), os.getpid()
 
 
-@on_backends
 def test_array_and_bag_graphs(executor):
     x = da.from_array(np.arange(400.0).reshape(20, 20), chunks=(5, 5))
     bag = db.from_sequence(["a", "b", "c", "d", "e", "f"], npartitions=3).map(where)
@@ -31,7 +33,6 @@ def fail(x):
     raise ZeroDivisionError(f"task {x}")
 
 
-@on_backends
 def test_a_task_error_is_raised_as_itself(executor):
     with pytest.raises(ZeroDivisionError, match="task 2"):
         db.from_sequence([1, 2, 3], npartitions=3).map(lambda v: v if v != 2 else fail(v)).compute(

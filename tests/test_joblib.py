@@ -15,7 +15,10 @@ from sklearn.svm import SVC
 import burstmap.joblib
 from burstmap.joblib import BurstmapBackend
 
-on_backends = pytest.mark.parametrize("executor", ["local", "dask"], indirect=True)
+@pytest.fixture
+def executor(near_executor):
+    """The local or Dask executor these tests run on (each test runs on both unless it says otherwise)."""
+    return near_executor
 
 
 def pid_and_square(x):
@@ -33,7 +36,6 @@ def total(array, offset):
     return float(array.sum()) + offset
 
 
-@on_backends
 def test_parallel_runs_tasks_in_other_processes(executor):
     with joblib.parallel_config(backend="burstmap", executor=executor, n_jobs=2):
         out = joblib.Parallel()(joblib.delayed(pid_and_square)(i) for i in range(30))
@@ -41,7 +43,6 @@ def test_parallel_runs_tasks_in_other_processes(executor):
     assert os.getpid() not in {pid for pid, _ in out}
 
 
-@on_backends
 def test_grid_search_matches_a_sequential_one(executor):
     X, y = load_digits(return_X_y=True)
     X, y = X[:600], y[:600]
@@ -53,14 +54,13 @@ def test_grid_search_matches_a_sequential_one(executor):
     assert list(search.cv_results_["mean_test_score"]) == list(expected.cv_results_["mean_test_score"])
 
 
-@on_backends
 def test_a_task_error_is_raised_as_itself(executor):
     with joblib.parallel_config(backend="burstmap", executor=executor, n_jobs=2):
         with pytest.raises(KeyError, match="negative"):
             joblib.Parallel()(joblib.delayed(sleep_then_fail_if_negative)(i) for i in [0, 0, -0.01, 0])
 
 
-@pytest.mark.parametrize("executor", ["local"], indirect=True)
+@pytest.mark.parametrize("near_executor", ["local"], indirect=True)
 def test_a_task_error_cancels_the_tasks_no_worker_took(executor):
     seen = []
 
@@ -76,7 +76,6 @@ def test_a_task_error_cancels_the_tasks_no_worker_took(executor):
     assert len(seen) == 41 and sum(f.cancelled() for f in seen) > 20
 
 
-@on_backends
 def test_a_large_shared_array_is_stored_once(executor):
     array = np.random.default_rng(0).random(100_000)
     seen = []

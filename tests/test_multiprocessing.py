@@ -1,7 +1,6 @@
 """`burstmap.multiprocessing.Pool` checked side by side with the standard `multiprocessing.Pool`."""
 
 import multiprocessing
-import os
 import threading
 import time
 
@@ -9,7 +8,10 @@ import pytest
 
 from burstmap.multiprocessing import Pool
 
-on_backends = pytest.mark.parametrize("executor", ["local", "dask"], indirect=True)
+@pytest.fixture
+def executor(near_executor):
+    """The local or Dask executor these tests run on (each test runs on both unless it says otherwise)."""
+    return near_executor
 
 
 def square(x):
@@ -31,12 +33,16 @@ def slow_first(x):
     return x
 
 
+initialized_with = None
+
+
 def remember(value):
-    os.environ["BURSTMAP_TEST_INIT"] = value
+    global initialized_with
+    initialized_with = value
 
 
 def initialized(_):
-    return os.environ.get("BURSTMAP_TEST_INIT")
+    return initialized_with
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +58,6 @@ def outcome(call):
         return type(e), str(e)
 
 
-@on_backends
 def test_results_match_the_standard_pool(executor, standard):
     pool = Pool(executor=executor)
     for p in (pool, standard):
@@ -75,7 +80,6 @@ def test_results_match_the_standard_pool(executor, standard):
         assert outcome(lambda: check(pool)) == outcome(lambda: check(standard))
 
 
-@on_backends
 def test_imap_yields_in_order_and_goes_on_past_an_error(executor, standard):
     for p in (Pool(executor=executor), standard):
         assert list(p.imap(slow_first, range(4))) == [0, 1, 2, 3]
@@ -88,13 +92,11 @@ def test_imap_yields_in_order_and_goes_on_past_an_error(executor, standard):
             next(results)
 
 
-@on_backends
 def test_imap_unordered_yields_as_calls_finish(executor, standard):
     for p in (Pool(executor=executor), standard):
         assert next(p.imap_unordered(slow_first, range(4))) != 0
 
 
-@on_backends
 def test_async_result_and_callbacks(executor, standard):
     for p in (Pool(executor=executor), standard):
         got, errors, done = [], [], threading.Event()
@@ -113,7 +115,6 @@ def test_async_result_and_callbacks(executor, standard):
         assert got == [[1, 4]] and isinstance(errors[0], ValueError)
 
 
-@on_backends
 def test_close_join_terminate(executor, standard):
     for p in (Pool(executor=executor), multiprocessing.get_context("spawn").Pool(2)):
         with pytest.raises(ValueError, match="still running"):
@@ -129,7 +130,6 @@ def test_close_join_terminate(executor, standard):
             p.apply(square, (1,))
 
 
-@on_backends
 def test_initializer_runs_in_the_worker(executor):
     pool = Pool(initializer=remember, initargs=("set",), executor=executor)
     assert pool.map(initialized, range(4)) == ["set"] * 4

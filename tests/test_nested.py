@@ -30,6 +30,12 @@ def leave_inner_running(store):
     return inner.backend.worker_pids()
 
 
+@pytest.fixture
+def executor(near_executor):
+    """The local or Dask executor these tests run on (each test runs on both unless it says otherwise)."""
+    return near_executor
+
+
 def alive(pid):
     try:
         os.kill(pid, 0)
@@ -98,7 +104,6 @@ def test_a_future_travels_to_another_process(configured):
     assert run.stdout.decode().strip() == "49" and future.result() == 49
 
 
-@pytest.mark.parametrize("executor", ["local", "dask"], indirect=True)
 def test_a_future_travels_into_a_call(executor):
     assert executor.call_async(doubled, executor.call_async(slow_square, 3)).result() == 18
 
