@@ -19,6 +19,7 @@ from .errors import (
 )
 from .executor import Executor, default_executor
 from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, ResponseFuture, as_completed, get_all_results, wait
+from .scratch import Scratch
 from .storage.base import Storage
 
 __version__ = "0.1.0"
@@ -36,7 +37,7 @@ def replay(job_id: str, call_id: int) -> Any:
 
 __all__ = [
     "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "Backend", "BurstmapError", "CallId", "CallTimeoutError", "Config",
-    "ConfigError", "Executor", "ExecutorShutdownError", "JobNotFoundError", "PayloadRejectedError", "RemoteError", "ResponseFuture", "SerializationError",
+    "ConfigError", "Executor", "ExecutorShutdownError", "JobNotFoundError", "PayloadRejectedError", "RemoteError", "ResponseFuture", "Scratch", "SerializationError",
     "Storage", "StorageError", "WorkerDiedError", "as_completed", "attach", "current_call", "default_executor",
     "get_all_results", "load_config", "replay", "wait",
 ]

@@ -33,6 +33,7 @@ __all__ = ["CallProcess", "Ended"]
 log = logging.getLogger("burstmap.worker")
 
 _PR_SET_PDEATHSIG = 1
+_GROUP_WINDOW = 0.002  # a batch's quick calls' records are stored together if they finish within this many seconds
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,59 @@ class CallProcess:
         self.close()
         return Ended("outage" if code == OUTAGE_EXIT else "died", how_it_ended(code), seconds)
 
+    def run_batch(self, batch: Batch, tasks: list[Task], attempts: Attempts, where: str) -> None:
+        """Run calls of ``batch`` in the child one after the other, quick ones' records written together,
+        until each has a final outcome, as `run_to_end` decides for one call.
+
+        The child reports each call's start and how many records are durable, so the call running
+        when the child dies or overruns is the one blamed; calls that finished but were not yet
+        written run again, unblamed.
+        """
+        while tasks:
+            ended, index, durable, began = self._run_some(tasks, batch.timeout)
+            log.info("%s calls %s/%s-%s: %s %s after %d of %d", where, batch.job_id, call_name(tasks[0].call_id),
+                     call_name(tasks[-1].call_id), ended.how, ended.detail, index, len(tasks))
+            if ended.how == "done":
+                return
+            task, unwritten = tasks[index], tasks[durable:index]
+            if ended.how == "timeout":
+                attempts.timed_out(task, batch.timeout or 0.0, f"its process on {where}", began)
+                tasks = unwritten + tasks[index + 1:]
+            elif ended.how == "died" and index >= durable:
+                retry = attempts.died(task, batch.worker_retries, f"its process on {where}", ended.detail, began)
+                tasks = unwritten + ([retry] if retry else []) + tasks[index + 1:]
+            else:  # an outage, or a death between calls: nobody is blamed, what is not durable runs again
+                tasks = tasks[durable:]
+
+    def _run_some(self, tasks: list[Task], timeout: float | None) -> tuple[Ended, int, int, float]:
+        """Send calls to the child; return how it ended, the index of the call running then and when it
+        started, and how many calls' records were durable."""
+        index = durable = 0
+        began, deadline = time.time(), None
+        try:
+            inbox, process = self._child()
+            self._outbox.send_bytes(pickle.dumps((tasks, None)))
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not wait([inbox], left):
+                    if process.poll() is not None:
+                        break
+                    self.close()
+                    return Ended("timeout"), index, durable, began
+                kind, _, count = inbox.recv_bytes().partition(b" ")
+                if kind == b"start":
+                    index, began = int(count), time.time()
+                    deadline = None if timeout is None else time.monotonic() + timeout
+                elif kind == b"durable":
+                    durable = int(count)
+                else:
+                    return Ended("done"), len(tasks), len(tasks), began
+        except (EOFError, OSError):
+            pass
+        code = self._process.wait() if self._process else None
+        self.close()
+        return Ended("outage" if code == OUTAGE_EXIT else "died", how_it_ended(code)), index, durable, began
+
     def start(self) -> None:
         """Start the child unless it runs, and wait until it is ready: a call's time never counts its start.
 
@@ -115,7 +169,8 @@ class CallProcess:
             to_child_r, to_child_w = os.pipe()
             theirs = (to_child_r, to_parent_w)
             self._process = subprocess.Popen(
-                [sys.executable, "-c", "from burstmap.child import main; main()", *map(str, theirs), str(os.getpid())],
+                [sys.executable, *_NO_SITE, "-c", "from burstmap.child import main; main()", *map(str, theirs),
+                 str(os.getpid())],
                 pass_fds=theirs, start_new_session=True, env=_env(),
             )
             for fd in theirs:
@@ -137,6 +192,10 @@ class CallProcess:
             self._inbox.close()
             self._outbox.close()
         self._process = None
+
+
+#: A process started without site-packages (``python -S``, as bare as Lambda's) starts its children so too.
+_NO_SITE = ("-S",) if sys.flags.no_site else ()
 
 
 def _env() -> dict[str, str]:
@@ -166,15 +225,19 @@ def main() -> None:
         return
     inbox, outbox = Connection(reads, writable=False), Connection(writes, readable=False)
     storage, key, worker = pickle.loads(inbox.recv_bytes())
-    handler = _ChildHandler(storage, key, worker)
+    handler = _ChildHandler(storage, key, worker, group_window=_GROUP_WINDOW)
     outbox.send_bytes(b"ready")
     while True:
         try:
-            task, handler.note = pickle.loads(inbox.recv_bytes())
+            work, handler.note = pickle.loads(inbox.recv_bytes())
         except (EOFError, OSError):
             return
         try:
-            state = handler.run_task(task).state
+            if isinstance(work, Task):
+                outbox.send_bytes(handler.run_task(work).state.value.encode())
+                continue
+            handler.run(work, lambda i: outbox.send_bytes(b"start %d" % i),
+                        lambda n: outbox.send_bytes(b"durable %d" % n))
         except StorageError:
             os._exit(OUTAGE_EXIT)
-        outbox.send_bytes(state.value.encode())
+        outbox.send_bytes(b"end")

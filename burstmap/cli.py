@@ -30,7 +30,7 @@ from .config import Config, config_path, load_config, secret_key_path
 from .errors import BurstmapError, JobNotFoundError
 from .executor import Executor
 from .job import Layout
-from .stats import CALL_FIELDS, FAILED_STATES, JobRecords, job_stats, list_jobs
+from .stats import CALL_FIELDS, FAILED_STATES, JobRecords, JobSummary, job_stats, list_jobs
 from .storage.base import Storage
 from .storage.url import open_store
 
@@ -49,6 +49,7 @@ def _one_line(error: BaseException) -> str:
 #: Subcommands whose modules need optional packages: imported only when asked for.
 LAZY_COMMANDS = {
     "lambda": ("burstmap.deploy:lambda_group", "aws"),
+    "standalone": ("burstmap.launch:standalone_group", "aws"),
     "worker": ("burstmap.daemon:worker", "redis"),
 }
 
@@ -146,10 +147,10 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
-def _is_running(job: JobRecords, now: float) -> bool:
+def _is_running(job: JobSummary, now: float) -> bool:
     """Pending calls, and activity within `RUNNING_WINDOW` (or the job's call timeout, if longer)."""
-    last = max([job.manifest.submitted, *(r.end for r in job.records.values())])
-    return job.pending > 0 and now - last < max(RUNNING_WINDOW, job.manifest.timeout or 0.0)
+    last = max(job.submitted, job.last_end or 0.0)
+    return job.pending > 0 and now - last < max(RUNNING_WINDOW, job.timeout or 0.0)
 
 
 # ---- config ---------------------------------------------------------------------------------------
@@ -241,16 +242,14 @@ def _table(rows: list[list[str]]) -> Iterator[str]:
         yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
 
 
-def _job_row(job: JobRecords, now: float) -> list[str]:
-    counts = job.counts()
-    ends = [r.end for r in job.records.values()]
-    if job.pending == 0 and ends:
-        duration = _seconds(max(ends) - job.manifest.submitted)
+def _job_row(job: JobSummary, now: float) -> list[str]:
+    counts = job.counts
+    if job.pending == 0 and job.last_end is not None:
+        duration = _seconds(job.last_end - job.submitted)
     else:
         duration = "running" if _is_running(job, now) else "stalled"
-    return [job.manifest.job_id, job.manifest.function, str(counts["ok"]),
-            str(sum(counts[s] for s in FAILED_STATES)), str(job.pending), str(counts["corrupt"]),
-            _when(job.manifest.submitted), duration]
+    return [job.job_id, job.function, str(counts["ok"]), str(sum(counts[s] for s in FAILED_STATES)),
+            str(job.pending), str(counts["corrupt"]), _when(job.submitted), duration]
 
 
 @main.command("jobs")
@@ -260,7 +259,7 @@ def jobs_command(session: Session) -> None:
     rows = [["JOB", "FUNCTION", "DONE", "FAILED", "PENDING", "CORRUPT", "SUBMITTED", "DURATION"]]
     now = time.time()
     for job in list_jobs(session.storage, session.config.secret(), session.prefix):
-        if isinstance(job, JobRecords):
+        if isinstance(job, JobSummary):
             rows.append(_job_row(job, now))
         else:
             rows.append([job[0], f"(unreadable manifest: {job[1]})", "-", "-", "-", "-", "-", "-"])
@@ -454,15 +453,15 @@ class _Duration(click.ParamType):
         return float(match[1]) * _UNITS[match[2]]
 
 
-def _chosen(session: Session, job_id: str | None, older_than: float | None, all_jobs: bool) -> list[JobRecords]:
+def _chosen(session: Session, job_id: str | None, older_than: float | None, all_jobs: bool) -> list[JobSummary]:
     if sum((job_id is not None, older_than is not None, all_jobs)) != 1:
         raise click.UsageError("give exactly one of JOB, --older-than or --all")
     if job_id is not None:
-        return [session.job(job_id)]
-    jobs = [j for j in list_jobs(session.storage, session.config.secret(), session.prefix) if isinstance(j, JobRecords)]
+        return [session.job(job_id).summary()]
+    jobs = [j for j in list_jobs(session.storage, session.config.secret(), session.prefix) if isinstance(j, JobSummary)]
     if older_than is not None:
         cutoff = time.time() - older_than
-        jobs = [j for j in jobs if j.manifest.submitted < cutoff]
+        jobs = [j for j in jobs if j.submitted < cutoff]
     return jobs
 
 
@@ -491,12 +490,12 @@ def clean_command(session: Session, job_id: str | None, older_than: float | None
     running = [j for j in jobs if not force and _is_running(j, now)]
     jobs = [j for j in jobs if j not in running]
     for job in running:
-        click.echo(f"Error: job {job.manifest.job_id} is still running ({job.pending} calls pending); "
+        click.echo(f"Error: job {job.job_id} is still running ({job.pending} calls pending); "
                    f"use --force to delete it anyway", err=True)
     if jobs and not yes:
-        click.confirm(f"Delete {len(jobs)} job(s): {', '.join(j.manifest.job_id for j in jobs)}?", abort=True)
+        click.confirm(f"Delete {len(jobs)} job(s): {', '.join(j.job_id for j in jobs)}?", abort=True)
     for job in jobs:
-        _delete(session.storage, job.manifest.layout)
+        _delete(session.storage, job.layout)
     click.echo(f"deleted {len(jobs)} job(s)")
     if running:
         click.get_current_context().exit(1)

@@ -170,8 +170,7 @@ class _Slot:
         if not todo:
             log.info("worker %s: every call of a batch of job %s already has a status (a replay or a late "
                      "re-delivery); nothing runs", self.name, batch.job_id)
-        for task in todo:
-            self._calls.run_to_end(batch, task, self.attempts, self.name)
+        self._calls.run_batch(batch, todo, self.attempts, self.name)
 
     def refuse(self, message: Message, error: PayloadRejectedError) -> None:
         """Run nothing; tell the calls' owner, through ``rejected`` records signed with this worker's key."""

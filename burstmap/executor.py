@@ -6,11 +6,13 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import inspect
+import itertools
 import secrets
 import socket
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -23,11 +25,12 @@ from .future import ResponseFuture
 from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manifest, new_job_id
 from .partition import is_data_source, pieces
 from .retry import Retrying
+from .scratch import Scratch
 from .serialize import dumps_calls, dumps_function, excluding, seal
 from .storage import Patient
 from .storage.base import Storage
 from .watcher import Watcher, reportable
-from .worker import Handler
+from .worker import Handler, Trailing
 
 __all__ = ["Executor", "default_executor"]
 
@@ -111,7 +114,7 @@ class Executor(cf.Executor):
         store.put(layout.data, data)
         store.put(layout.manifest, manifest.encode(self._key))  # last: a job is listed only once it can run
         futures = self._futures(layout, manifest.n_calls)
-        self._watcher.watch(layout, futures)
+        self._watcher.watch(manifest, futures)
         self._run(manifest, range(manifest.n_calls))
         return futures
 
@@ -124,7 +127,8 @@ class Executor(cf.Executor):
             raise
 
     def _futures(self, layout: Layout, n_calls: int) -> list[ResponseFuture]:
-        return [ResponseFuture(layout, i, self.storage, self.config.progress) for i in range(n_calls)]
+        shared = threading.Condition()
+        return [ResponseFuture(layout, i, self.storage, self.config.progress, shared) for i in range(n_calls)]
 
     def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (), timeout: float | None = None,
                    extra_env: Mapping[str, str] | None = None, exclude_modules: Iterable[str] = ()) -> ResponseFuture:
@@ -166,13 +170,55 @@ class Executor(cf.Executor):
         name = _qualname(func)
         if retries:
             func = Retrying(func, retries, tuple(retry_on))
+        if extra:
+            func = Trailing(func, extra)
         with excluding(exclude_modules):
-            return self._submit_job(_with_env(func, extra_env), (((item, *extra), {}) for item in iterdata), timeout,
+            return self._submit_job(_with_env(func, extra_env), (((item,), {}) for item in iterdata), timeout,
                                     worker_retries, name=name)
 
     def starmap(self, func: Callable, iterdata: Iterable[Any], **options: Any) -> list[ResponseFuture]:
         """Like `map`, but a tuple input is spread as positional arguments and a dict input as keywords."""
         return self.map(Spread(func), iterdata, **options)
+
+    def imap(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (), *, ordered: bool = True,
+             window: int = 10_000, **options: Any) -> Iterator[Any]:
+        """Yield ``func(item, *extra_args)`` for every item, in input order (or as calls finish, unordered).
+
+        The input is read lazily, ``window`` items at a time, each window one job, with the next
+        window running while this one is read: neither the input nor the results are ever held
+        whole, so an endless generator works. The first failed call raises its error here, and the
+        calls not yet started are cancelled. ``options`` are those of `map`.
+        """
+        if not isinstance(window, int) or window < 1:
+            raise ConfigError(f"window must be a positive number of calls, not {window!r}")
+        items, extra = iter(iterdata), tuple(extra_args)
+        running: deque[list[ResponseFuture]] = deque()
+
+        def submit_next() -> None:
+            chunk = list(itertools.islice(items, window))
+            if chunk:
+                running.append(self.map(func, chunk, extra, **options))
+
+        try:
+            submit_next()
+            while running:
+                submit_next()
+                futures = running[0]
+                if ordered:
+                    for future in futures:
+                        yield future.result()
+                else:
+                    for future in cf.as_completed(futures):
+                        yield future.result()
+                running.popleft()
+        finally:
+            for future in (f for futures in running for f in futures):
+                future.cancel()
+
+    def imap_unordered(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (), *,
+                       window: int = 10_000, **options: Any) -> Iterator[Any]:
+        """`imap`, yielding each window's results as its calls finish."""
+        return self.imap(func, iterdata, extra_args, ordered=False, window=window, **options)
 
     def reduce(self, func: Callable, futures: Iterable[ResponseFuture], extra_args: Iterable[Any] = (),
                timeout: float | None = None) -> ResponseFuture:
@@ -227,6 +273,16 @@ class Executor(cf.Executor):
         futures = self.map(map_func, iterdata, extra_args, timeout, **map_options)
         return self.reduce(reduce_func, futures, timeout=timeout)
 
+    def scratch(self, name: str | None = None) -> Scratch:
+        """A folder of named objects in this executor's store that calls can write and read (see `Scratch`).
+
+        Pass it to calls as an argument; ``name`` reopens a folder a former run left, a new one by default.
+        """
+        store = Patient(self.storage, self.config.outage_limit)
+        if name is None:
+            return Scratch.fresh(self.config.prefix, store, self._key)
+        return Scratch(name, self.config.prefix, store, self._key)
+
     def manifest(self, job_id: str) -> Manifest:
         """The stored, verified description of a job; `JobNotFoundError` if the store has none."""
         return load_manifest(self.storage, self._key, self.config.prefix, job_id)
@@ -246,7 +302,7 @@ class Executor(cf.Executor):
             missing = [i for i in range(manifest.n_calls) if i not in finished]
             if missing:
                 self._start()
-        self._watcher.watch(layout, futures)
+        self._watcher.watch(manifest, futures)
         if missing:
             self._run(manifest, missing)
         return futures

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
@@ -24,6 +26,7 @@ __all__ = [
 ]
 
 _PENDING, _RUNNING, _CANCELLED = cf._base.PENDING, cf._base.RUNNING, cf._base.CANCELLED
+_ENDED = (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED)
 ALL_COMPLETED = cf.ALL_COMPLETED
 ANY_COMPLETED = cf.FIRST_COMPLETED
 ALWAYS = "ALWAYS"
@@ -51,10 +54,20 @@ class ResponseFuture(cf.Future):
 
     It starts ``PENDING`` and can be cancelled until a backend hands the call to a worker
     (`take`); a record that appears for a call no backend reported taking finishes it all the same.
+
+    The futures of one job may share one ``condition``: a condition of its own is most of a plain
+    future's memory, which a million-call job cannot afford. Waiting therefore re-checks its own state.
     """
 
-    def __init__(self, layout: Layout, call_id: int, storage: Storage, progress: bool | None = None) -> None:
-        super().__init__()
+    def __init__(self, layout: Layout, call_id: int, storage: Storage, progress: bool | None = None,
+                 condition: threading.Condition | None = None) -> None:
+        # What cf.Future.__init__ sets, with the condition shared.
+        self._condition = condition or threading.Condition()
+        self._state = _PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list = []
+        self._done_callbacks: list = []
         self.layout = layout
         self.call_id = call_id
         self.storage = storage
@@ -76,9 +89,24 @@ class ResponseFuture(cf.Future):
         """What the call printed to stdout and stderr (empty until it has finished)."""
         return self.record.log.decode("utf-8", "replace") if self.record else ""
 
+    def _wait(self, timeout: float | None) -> None:
+        """Wait until the future ends or ``timeout`` passes; a shared condition also wakes for its siblings."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while self._state not in _ENDED:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                self._condition.wait(left)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        return super().exception(0)
+
     def result(self, timeout: float | None = None) -> Any:
         """The call's result; a future, or a list of futures, that the call returned is resolved too (as in Lithops)."""
-        value = super().result(timeout)
+        self._wait(timeout)
+        value = super().result(0)
         if isinstance(value, Deferred):
             value = value.load()
             with self._condition:

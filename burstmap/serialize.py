@@ -216,6 +216,11 @@ class Spool:
     def mac(self) -> bytes:
         return self._hmac.digest()
 
+    def payload(self) -> bytes:
+        """The payload alone (for small payloads that a signed record carries)."""
+        self.file.seek(0)
+        return self.file.read()
+
     def sealed(self) -> bytes:
         """The MAC and the payload as one blob (for small payloads)."""
         self.file.seek(0)

@@ -12,6 +12,8 @@ of wall time), the overhead fraction and the stragglers (see `summarize`).
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import statistics
 from collections import Counter
@@ -20,14 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import JobNotFoundError, KeyNotFoundError, PayloadRejectedError
-from .job import CallState, Manifest, Record, RecordError, call_ids_of, decode_records, load_manifest
+from .errors import BurstmapError, JobNotFoundError, KeyNotFoundError, PayloadRejectedError
+from .job import CallState, Layout, Manifest, Record, RecordError, call_ids_of, decode_records, load_manifest
+from .serialize import seal, unseal
 from .storage.base import Storage
 
 __all__ = [
-    "CALL_FIELDS", "FAILED_STATES", "PRICE_PER_GB_SECOND", "gb_seconds", "JobRecords", "call_rows", "job_stats",
-    "list_jobs", "stats", "summarize",
+    "CALL_FIELDS", "FAILED_STATES", "PRICE_PER_GB_SECOND", "gb_seconds", "JobRecords", "JobSummary", "call_rows",
+    "job_stats", "list_jobs", "stats", "summarize",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The columns of one call's row, in CSV order.
 CALL_FIELDS = ("job_id", "call_id", "state", "attempt", "host", "worker", "pid", "start", "end", "queue_wait",
@@ -39,6 +44,70 @@ FAILED_STATES = frozenset(s.value for s in CallState if s is not CallState.OK)
 #: A call is a straggler when its duration exceeds this many times the median duration.
 STRAGGLER_FACTOR = 2.0
 _FETCHERS = 16
+
+
+@dataclass
+class JobSummary:
+    """What `burstmap jobs` shows of a job: its calls counted by state, and when the last one ended.
+
+    A finished job's summary is stored beside it (signed), so listing jobs never reads every record.
+    """
+
+    job_id: str
+    prefix: str
+    function: str
+    submitted: float
+    n_calls: int
+    timeout: float | None
+    counts: dict[str, int]
+    last_end: float | None
+
+    @classmethod
+    def of(cls, manifest: Manifest, records: Iterable[Record], corrupt: int = 0) -> JobSummary:
+        """The summary of a job from its manifest and the records found so far."""
+        summary = cls(manifest.job_id, manifest.prefix, manifest.function, manifest.submitted, manifest.n_calls,
+                      manifest.timeout, {**{s.value: 0 for s in CallState}, "corrupt": corrupt}, None)
+        summary.add(records)
+        return summary
+
+    def add(self, records: Iterable[Record]) -> None:
+        """Count more records (each call once)."""
+        for record in records:
+            self.counts[record.state.value] += 1
+            self.last_end = record.end if self.last_end is None else max(self.last_end, record.end)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.prefix, self.job_id)
+
+    @property
+    def pending(self) -> int:
+        """Calls with no record yet: queued or running."""
+        return self.n_calls - sum(self.counts.values())
+
+    def encode(self, key: bytes) -> bytes:
+        body = json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__}).encode()
+        return seal(key, f"summary/{self.job_id}", body)
+
+    @classmethod
+    def decode(cls, data: bytes, key: bytes, job_id: str) -> JobSummary:
+        """Verify and parse a stored summary; `RecordError` if it is not the signed summary of ``job_id``."""
+        try:
+            summary = cls(**json.loads(unseal(key, f"summary/{job_id}", data)))
+        except (PayloadRejectedError, ValueError, TypeError) as e:
+            raise RecordError(f"the summary of job {job_id} is not valid: {e}") from None
+        if summary.job_id != job_id:
+            raise RecordError(f"the summary stored for job {job_id} describes another job")
+        return summary
+
+    def store(self, storage: Storage, key: bytes) -> None:
+        """Keep the summary of a finished job beside it; a store that refuses only costs the next listing time."""
+        if self.pending or self.counts["corrupt"]:
+            return
+        try:
+            storage.put(self.layout.summary, self.encode(key))
+        except (BurstmapError, OSError) as e:
+            log.debug("burstmap: could not store the summary of job %s: %s", self.job_id, e)
 
 
 @dataclass
@@ -95,6 +164,9 @@ class JobRecords:
         """How many calls are in each state, plus ``pending`` and ``corrupt``."""
         counts = Counter(r.state.value for r in self.records.values())
         return {**{s.value: counts[s.value] for s in CallState}, "pending": self.pending, "corrupt": len(self.corrupt)}
+
+    def summary(self) -> JobSummary:
+        return JobSummary.of(self.manifest, self.records.values(), len(self.corrupt))
 
 
 def _fetch(storage: Storage, keys: list[str]) -> list[bytes | None]:
@@ -223,13 +295,35 @@ def stats(futures: Iterable[Any], key: bytes, storage: Storage | None = None) ->
     return _report(manifests, rows)
 
 
-def list_jobs(storage: Storage, key: bytes, prefix: str) -> list[JobRecords | tuple[str, str]]:
-    """Every job under ``prefix`` with its records, oldest first; an unreadable manifest is ``(job_id, error)``."""
-    jobs: list[JobRecords | tuple[str, str]] = []
-    for name in storage.list(f"{prefix}/manifests/"):
-        job_id = name.rpartition("/")[2].removesuffix(".json")
+def job_summary(storage: Storage, key: bytes, prefix: str, job_id: str) -> JobSummary:
+    """A job's summary: the stored one of a finished job, else counted from its records (and stored if finished).
+
+    Raises:
+        JobNotFoundError: there is no job ``job_id`` under ``prefix``.
+        RecordError: its manifest is not valid.
+    """
+    try:
+        return JobSummary.decode(storage.get(Layout(prefix, job_id).summary), key, job_id)
+    except (KeyNotFoundError, RecordError):
+        pass
+    summary = JobRecords.load(storage, key, prefix, job_id).summary()
+    summary.store(storage, key)
+    return summary
+
+
+def list_jobs(storage: Storage, key: bytes, prefix: str) -> list[JobSummary | tuple[str, str]]:
+    """Every job under ``prefix``, summarized, oldest first; an unreadable manifest is ``(job_id, error)``.
+
+    A finished job costs one small read, whatever its size.
+    """
+    names = [name.rpartition("/")[2].removesuffix(".json") for name in storage.list(f"{prefix}/manifests/")]
+
+    def one(job_id: str) -> JobSummary | tuple[str, str]:
         try:
-            jobs.append(JobRecords.load(storage, key, prefix, job_id))
+            return job_summary(storage, key, prefix, job_id)
         except (RecordError, JobNotFoundError) as e:
-            jobs.append((job_id, str(e)))
-    return sorted(jobs, key=lambda j: j.manifest.submitted if isinstance(j, JobRecords) else 0.0)
+            return job_id, str(e)
+
+    with ThreadPoolExecutor(_FETCHERS) as pool:
+        jobs = list(pool.map(one, names))
+    return sorted(jobs, key=lambda j: j.submitted if isinstance(j, JobSummary) else 0.0)

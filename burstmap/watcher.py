@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .errors import BurstmapError, PayloadRejectedError, SerializationError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error
-from .job import CHUNK, CallState, Layout, Record, RecordError, call_ids_of, decode_records, load_output
+from .job import CHUNK, CallState, Layout, Manifest, Record, RecordError, call_ids_of, decode_records, load_output
+from .stats import JobSummary
 from .storage.base import Storage
 
 __all__ = ["Watcher", "finish", "reportable"]
@@ -88,16 +89,19 @@ class Watcher:
         self._storage = storage
         self._key = key
         self._jobs: dict[str, tuple[Layout, Calls]] = {}
+        self._summaries: dict[str, JobSummary] = {}  # each watched job's outcomes, counted
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
 
-    def watch(self, layout: Layout, futures: Iterable[ResponseFuture]) -> None:
+    def watch(self, manifest: Manifest, futures: Iterable[ResponseFuture]) -> None:
         """Start watching futures of one job (a call may have several futures: the job was attached again)."""
+        layout = manifest.layout
         with self._lock:
             if self._stopped:
                 raise RuntimeError("cannot watch calls after the executor was shut down")
+            self._summaries.setdefault(layout.job_id, JobSummary.of(manifest, ()))
             calls = self._jobs.setdefault(layout.job_id, (layout, {}))[1]
             for future in futures:
                 calls.setdefault(future.call_id, []).append(future)
@@ -145,7 +149,7 @@ class Watcher:
     def _fail_all(self, error: Callable[[str], BaseException]) -> None:
         """Finish every future still watched with a fresh ``error(job_id)`` each, and forget them."""
         with self._lock:
-            jobs, self._jobs = self._jobs, {}
+            jobs, self._jobs, self._summaries = self._jobs, {}, {}
         for job_id, (_, calls) in jobs.items():
             for futures in calls.values():
                 for future in futures:
@@ -205,6 +209,10 @@ class Watcher:
             for future in (f for futures in taken.values() for f in futures):
                 future._finish(None, error=type(e)(f"{key}: {e}"))
             return
+        with self._lock:
+            summary = self._summaries.get(job_id)
+            if summary is not None:
+                summary.add(records[i] for i in taken if i in records)
         for call_id, futures in taken.items():
             record = records.get(call_id)
             for future in futures:
@@ -234,6 +242,11 @@ class Watcher:
                 for key in keys:
                     found += self._finish_key(layout.job_id, key, calls)
             with self._lock:
-                if not calls and self._jobs.get(layout.job_id, (None, None))[1] is calls:
+                ended = not calls and self._jobs.get(layout.job_id, (None, None))[1] is calls
+                if ended:
                     del self._jobs[layout.job_id]
+                    summary = self._summaries.pop(layout.job_id)
+            if ended:
+                summary.store(self._storage, self._key)  # so that listing jobs never reads this job's records
         return found, listing
+

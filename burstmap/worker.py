@@ -21,16 +21,29 @@ from .call import running
 from .errors import KeyNotFoundError, PayloadRejectedError, StorageError
 from .job import CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_records, load_output, read_record
 from .piece import DataPiece
+from .scratch import Scratch
 from .serialize import MAC_SIZE, Spool, loads, spool_value
 from .storage import Patient
 from .storage.base import Storage
 
-__all__ = ["Handler", "INLINE_LIMIT"]
+__all__ = ["Handler", "INLINE_LIMIT", "Trailing"]
 
 #: Results up to this size live inside the status record; larger ones get their own object.
 INLINE_LIMIT = 1 << 20
 _MAX_GROUP = 256
 _HOST = socket.gethostname()
+
+
+class Trailing:
+    """Calls a function with the job's ``extra_args`` after each item's: they travel with the function,
+    so they are stored once per job and read once per worker, not copied into every call's input."""
+
+    def __init__(self, fn: Callable, extra: tuple) -> None:
+        self.fn = fn
+        self.extra = extra
+
+    def __call__(self, item: Any) -> Any:
+        return self.fn(item, *self.extra)
 
 
 class Handler:
@@ -119,7 +132,7 @@ class Handler:
         """Read, verify and unpickle a task's function and arguments."""
         func = self._function(task)
         args, kwargs = loads(self._key, f"{task.job_id}/data/{task.call_id}", self._input(task))
-        return func, tuple(self._resolve(a) for a in args), kwargs
+        return func, tuple(self._resolve(a) for a in args), {k: self._resolve(v) for k, v in kwargs.items()}
 
     def write_failure(self, task: Task, state: CallState, error: BaseException, start: float) -> None:
         """Record that a task ended outside the handler (its worker died or was stopped)."""
@@ -135,7 +148,7 @@ class Handler:
         """Seal a result or error into the record, or into its own object when large (streamed, never copied whole)."""
         with self._seal_value(task, value, record) as spool:
             if MAC_SIZE + spool.size <= INLINE_LIMIT:
-                record.output = spool.sealed()
+                record.output = spool.payload()  # the record's own MAC covers it
                 return
             record.output_key = Layout(task.prefix, task.job_id).out(task.call_id)
             with self.storage.open_write(record.output_key) as f:
@@ -173,6 +186,8 @@ class Handler:
         if func is None:
             blob = self.storage.get(Layout(task.prefix, task.job_id).func)
             func = loads(self._key, f"{task.job_id}/func", blob)
+            if isinstance(func, Trailing):
+                func.extra = tuple(self._resolve(a) for a in func.extra)
             self._functions[task.job_id] = func
             if len(self._functions) > 8:
                 self._functions.popitem(last=False)
@@ -197,6 +212,8 @@ class Handler:
     def _resolve(self, arg: Any) -> Any:
         if isinstance(arg, DataPiece):
             return arg.bind(self.storage)
+        if isinstance(arg, Scratch):
+            return arg.bind(self.storage, self._key)
         if not isinstance(arg, OutputRefs):
             return arg
         return [self.load_result(prefix, job_id, call_id) for prefix, job_id, call_id in arg.refs]

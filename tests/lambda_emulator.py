@@ -27,6 +27,7 @@ FUNCTION = "burstmap-test"
 # A Lambda runtime in miniature: build the context object Lambda passes, then call the entry point.
 _RUNTIME = r"""
 import json, sys, time, uuid
+sys.path[:0] = json.loads(sys.argv[4])
 import burstmap
 if sys.argv[3]:
     burstmap.__version__ = sys.argv[3]
@@ -53,10 +54,16 @@ handler(event, context)
 
 class EmulatedInvoker:
     """Invokes like Lambda's ``InvocationType='Event'``: returns at once, runs the event in a fresh
-    process, and kills that process when the function's timeout has passed."""
+    process, and kills that process when the function's timeout has passed.
+
+    With ``path``, the process is as bare as Lambda's: ``python -I -S`` (no site-packages, no
+    environment's paths, nothing installed) with only those folders on its import path, e.g. an
+    unpacked deployment package as ``/var/task``.
+    """
 
     def __init__(self, timeout: float, memory_mb: int = 512, deployed_version: str = "",
-                 storage: S3Storage | None = None, secret: str = HMAC_KEY, function: str = FUNCTION) -> None:
+                 storage: S3Storage | None = None, secret: str = HMAC_KEY, function: str = FUNCTION,
+                 path: list[Path] | None = None) -> None:
         self.timeout = timeout
         self.memory_mb = memory_mb
         self.deployed_version = deployed_version
@@ -65,6 +72,9 @@ class EmulatedInvoker:
         self.most_outstanding = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.python = [sys.executable, "-I", "-S"] if path is not None else [sys.executable]
+        self.path = json.dumps([str(folder) for folder in path or []])
+        self.cwd = path[0] if path else None
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -81,8 +91,8 @@ class EmulatedInvoker:
                 self.most_outstanding = max(self.most_outstanding, self._outstanding(payload))
             self.payloads.append(payload)
         proc = subprocess.Popen(
-            [sys.executable, "-c", _RUNTIME, str(self.timeout), str(self.memory_mb), self.deployed_version],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env,
+            [*self.python, "-c", _RUNTIME, str(self.timeout), str(self.memory_mb), self.deployed_version, self.path],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=self.env, cwd=self.cwd,
         )
         proc.stdin.write(payload)
         proc.stdin.close()

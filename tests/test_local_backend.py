@@ -69,7 +69,7 @@ def test_shutdown_ends_every_worker(tmp_path):
 def test_progress_bar_only_when_asked(pool_executor, capsys):
     burstmap.get_all_results(pool_executor.map(abs, range(5)), progress=True)
     assert "burstmap" in capsys.readouterr().err
-    burstmap.wait(pool_executor.map(time.sleep, [0.3, "not a number"]), progress=True)
+    burstmap.wait(pool_executor.map(time.sleep, ["not a number", 0.3]), progress=True)
     assert "failed=1" in capsys.readouterr().err
     burstmap.get_all_results(pool_executor.map(abs, range(5)))
     assert capsys.readouterr().err == ""

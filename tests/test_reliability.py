@@ -95,6 +95,8 @@ def halve(x):
 def test_replay_runs_one_call_here_and_writes_nothing(executor):
     futures = executor.map(halve, [4, 0])
     burstmap.get_all_results(futures, return_exceptions=True)
+    while not executor.storage.exists(futures[0].layout.summary):  # stored by the client just after the futures end
+        time.sleep(0.01)
     before = {key: executor.storage.get(key) for key in executor.storage.list(futures[0].layout.root)}
     assert executor.replay(futures[0].job_id, 0) == 2
     with pytest.raises(ZeroDivisionError, match="no halving zero"):

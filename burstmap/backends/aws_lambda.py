@@ -29,9 +29,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ..attempts import Attempts
 from ..aws import BotoInvoker, Invoker, explain, lambda_client, transient, with_backoff
-from ..errors import BurstmapError, ConfigError
+from ..errors import BurstmapError, ConfigError, StorageError
 from ..job import Batch, Manifest, Record, finished_calls
 from ..lambda_handler import MAX_EVENT_BYTES, make_event
+from ..lambda_package import recorded_packages, version_drift
 from ..stats import PRICE_PER_GB_SECOND, gb_seconds
 from ..storage.base import Storage
 from ..storage.patient import Patient
@@ -85,6 +86,8 @@ class LambdaBackend(Backend):
         self.grace = grace
         self.poll_interval = poll_interval
         self.memory_mb: int | None = None
+        self.packages: dict[str, str] = {}  # libraries deployed with the function: {distribution: version}
+        self._checked: set[str] = set()  # jobs whose function was compared with them
         self._invoker = invoker
         self._monitor: _Monitor | None = None
         self._lock = threading.Lock()
@@ -101,10 +104,12 @@ class LambdaBackend(Backend):
         configuration = reply["Configuration"]
         self.timeout = self.timeout or float(configuration.get("Timeout", 3))
         self.memory_mb = int(configuration.get("MemorySize", 128))
+        self.packages = recorded_packages(configuration.get("Environment", {}).get("Variables", {}))
         if self._invoker is None:
             self._invoker = BotoInvoker(client, self.function_name)
 
     def run(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
+        self._warn_drift(manifest)
         with self._lock:
             if self._monitor is None or self._monitor.broken:
                 self._monitor = _Monitor(self)
@@ -117,6 +122,24 @@ class LambdaBackend(Backend):
             monitor, self._monitor = self._monitor, None
         if monitor:
             monitor.close(wait)
+
+    def _warn_drift(self, manifest: Manifest) -> None:
+        """Warn once per job when a library its function uses has another version on the function than here.
+
+        Costs one read of the pickled function per job, and only when the function was deployed with libraries;
+        a store that cannot give it now only skips the check, the job goes on.
+        """
+        if not self.packages or manifest.job_id in self._checked:
+            return
+        self._checked.add(manifest.job_id)
+        try:
+            function = self.storage.get(manifest.layout.func)
+        except StorageError as e:
+            log.warning("burstmap: job %s: versions not compared with the function's: %s", manifest.job_id, e)
+            return
+        for line in version_drift(function, self.packages):
+            log.warning("burstmap: job %s: %s; results may differ, redeploy with your versions "
+                        "(burstmap lambda deploy --requirements ...)", manifest.job_id, line)
 
     def invoke(self, batch: Batch) -> None:
         """Send one batch as one asynchronous invocation; raise `burstmap.aws.LambdaError` if it cannot be."""

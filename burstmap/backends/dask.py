@@ -41,7 +41,8 @@ __all__ = ["DaskBackend"]
 
 log = logging.getLogger(__name__)
 
-_MAX_BATCH = 32
+_MAX_BATCH = 256
+_GROUP_WINDOW = 0.002  # quick calls' records are stored together if they finish within this many seconds
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -51,7 +52,7 @@ class DaskBackend(Backend):
     Args:
         address: the scheduler, e.g. ``tcp://10.0.0.5:8786``.
         client: a ``distributed.Client`` of yours; it is left open on shutdown.
-        batch_size: calls per Dask task; by default a few per worker thread, at most 32.
+        batch_size: calls per Dask task; by default a few per worker thread, at most 256.
     """
 
     name = "dask"
@@ -146,7 +147,7 @@ def run_batch(token: str, storage: Storage, key: bytes, blob: bytes) -> int:
     with _worker_lock:
         handler = _handlers.get(token)
         if handler is None:
-            handler = _handlers[token] = Handler(storage, key, f"dask-{_worker_name()}")
+            handler = _handlers[token] = Handler(storage, key, f"dask-{_worker_name()}", group_window=_GROUP_WINDOW)
     attempts = Attempts(storage, key, handler.worker)
     todo = attempts.begin(batch)
     if batch.timeout is None:
@@ -157,8 +158,7 @@ def run_batch(token: str, storage: Storage, key: bytes, blob: bytes) -> int:
     calls = _local.calls.get(token)
     if calls is None:
         calls = _local.calls[token] = CallProcess(storage, key, handler.worker)
-    for task in todo:
-        calls.run_to_end(batch, task, attempts, handler.worker)
+    calls.run_batch(batch, todo, attempts, handler.worker)
     return len(todo)
 
 

@@ -21,7 +21,7 @@ __all__ = ["StandaloneBackend"]
 
 log = logging.getLogger(__name__)
 
-_MAX_BATCH = 32
+_MAX_BATCH = 128
 
 
 class StandaloneBackend(Backend):

@@ -1,0 +1,134 @@
+"""What keeps a big job cheap: shared arguments stored once, futures that cost little memory."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import pytest
+
+import burstmap
+from burstmap.backends.local import LocalBackend
+from burstmap.job import Layout
+from burstmap.storage.local import LocalStorage
+
+from .conftest import TEST_SECRET
+
+
+def nbytes_and_index(item, blob):
+    return len(blob) + item
+
+
+def noop(x):
+    return x
+
+
+def test_extra_args_are_stored_once_per_job_not_once_per_call(executor):
+    blob = os.urandom(2 << 20)
+    futures = executor.map(nbytes_and_index, range(20), extra_args=(blob,))
+    assert burstmap.get_all_results(futures, timeout=120) == [len(blob) + i for i in range(20)]
+    layout = Layout(executor.config.prefix, futures[0].job_id)
+    assert executor.storage.size(layout.data) < 20 * 1024  # the inputs: twenty small ints, each signed
+    assert len(blob) < executor.storage.size(layout.func) < 2 * len(blob)  # the blob, once, with the function
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    with burstmap.Executor(backend=LocalBackend(workers=2), storage=LocalStorage(tmp_path_factory.mktemp("store")),
+                           secret_key=TEST_SECRET, progress=False) as ex:
+        yield ex
+
+
+def test_a_finished_call_costs_the_client_under_a_kilobyte(local):
+    executor = local
+    burstmap.get_all_results(executor.map(noop, range(10)), timeout=120)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        futures = executor.map(noop, range(5000))
+        results = burstmap.get_all_results(futures, timeout=300)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert results == list(range(5000))
+    assert futures[0]._condition is futures[-1]._condition  # one condition per job, not one per call
+    assert held / len(futures) < 1024, f"{held / len(futures):.0f} bytes per finished call"
+
+
+def jobs_listing(store, *env: str) -> dict[str, list[str]]:
+    """``burstmap jobs`` run as a user would, in a fresh process: each row by job id."""
+    proc = subprocess.run([sys.executable, "-m", "burstmap.cli", "--store", f"file://{store}", "jobs"],
+                          env={**os.environ, "BURSTMAP_SECRET_KEY": TEST_SECRET}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+
+
+def wait_for_key(storage, key: str) -> None:
+    deadline = time.monotonic() + 60
+    while not storage.exists(key):
+        assert time.monotonic() < deadline, f"{key} never appeared"
+        time.sleep(0.01)
+
+
+def test_listing_jobs_reads_a_finished_jobs_summary_not_its_records(local):
+    futures = local.map(noop, range(2500))
+    burstmap.get_all_results(futures, timeout=300)
+    layout = futures[0].layout
+    wait_for_key(local.storage, layout.summary)
+    local.storage.delete_prefix(layout.status_prefix)  # the records are gone: only the summary can tell
+    row = jobs_listing(local.storage.path)[layout.job_id]
+    assert row[2:5] == ["2500", "0", "0"]  # done, failed, pending
+
+    local.storage.delete([layout.summary])
+    row = jobs_listing(local.storage.path)[layout.job_id]
+    assert row[2:5] == ["0", "0", "2500"]  # counted from the records, of which there are none now
+    assert not local.storage.exists(layout.summary)  # an unfinished job's count is never stored
+
+
+def test_listing_jobs_stores_the_summary_a_finished_job_lacks(local):
+    futures = local.map(noop, range(30))
+    burstmap.get_all_results(futures, timeout=120)
+    layout = futures[0].layout
+    wait_for_key(local.storage, layout.summary)
+    local.storage.delete([layout.summary])  # as if the client had died right after the last record
+    assert jobs_listing(local.storage.path)[layout.job_id][2:5] == ["30", "0", "0"]
+    assert local.storage.exists(layout.summary)
+
+
+def fails_on_seven(x):
+    if x == 7:
+        raise ValueError("seven is not allowed")
+    return x
+
+
+def test_imap_reads_its_input_lazily_and_yields_in_order(local):
+    consumed = []
+
+    def numbers():
+        for i in range(2500):
+            consumed.append(i)
+            yield i
+
+    results = local.imap(noop, numbers(), window=200)
+    assert next(results) == 0
+    assert len(consumed) <= 400  # two windows: the one being read and the next one running
+    assert list(results) == list(range(1, 2500))
+
+
+def test_imap_unordered_yields_every_result_once(local):
+    assert sorted(local.imap_unordered(noop, iter(range(1000)), window=300)) == list(range(1000))
+
+
+def test_imap_raises_the_first_failed_calls_error_in_its_place(local):
+    seen = []
+    with pytest.raises(ValueError, match="seven is not allowed"):
+        for value in local.imap(fails_on_seven, range(50), window=4):
+            seen.append(value)
+    assert seen == list(range(7))
