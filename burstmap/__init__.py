@@ -3,6 +3,7 @@
 from typing import Any
 
 from .backends.base import Backend
+from .call import CallId, current_call
 from .config import Config, load_config
 from .errors import (
     BurstmapError,
@@ -35,8 +36,8 @@ def replay(job_id: str, call_id: int) -> Any:
 
 
 __all__ = [
-    "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "Backend", "BurstmapError", "CallTimeoutError", "Config",
+    "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "Backend", "BurstmapError", "CallId", "CallTimeoutError", "Config",
     "ConfigError", "Executor", "ExecutorShutdownError", "JobNotFoundError", "PayloadRejectedError", "RemoteError", "ResponseFuture", "Scratch", "SerializationError",
-    "Storage", "StorageError", "WorkerDiedError", "as_completed", "attach", "default_executor",
+    "Storage", "StorageError", "WorkerDiedError", "as_completed", "attach", "current_call", "default_executor",
     "get_all_results", "load_config", "replay", "wait",
 ]

@@ -9,11 +9,12 @@ The file is ``$BURSTMAP_CONFIG`` or ``config.yaml`` in the per-user config direc
     worker_retries: 2                       # re-runs of a call whose worker died
     outage_limit: 60                        # seconds the client waits out an unreachable store
     progress: auto
+    map_item_limit: 100000                  # refuse larger jobs (a guard against a runaway map)
     secret_key: ...                         # else generated into the per-user config dir
 
 Environment variables override it: ``BURSTMAP_BACKEND``, ``BURSTMAP_STORAGE``, ``BURSTMAP_PREFIX``,
 ``BURSTMAP_TIMEOUT``, ``BURSTMAP_WORKER_RETRIES``, ``BURSTMAP_OUTAGE_LIMIT``, ``BURSTMAP_PROGRESS``,
-``BURSTMAP_SECRET_KEY``, and ``BURSTMAP_BACKEND_<OPTION>`` / ``BURSTMAP_STORAGE_<OPTION>`` for one option
+``BURSTMAP_MAP_ITEM_LIMIT``, ``BURSTMAP_SECRET_KEY``, and ``BURSTMAP_BACKEND_<OPTION>`` / ``BURSTMAP_STORAGE_<OPTION>`` for one option
 of the backend or store.
 """
 
@@ -72,6 +73,7 @@ class Config:
     worker_retries: int = 2
     outage_limit: float = 60.0
     progress: bool | None = None
+    map_item_limit: int | None = None
     secret_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -81,6 +83,8 @@ class Config:
             raise ConfigError(f"outage_limit must be a positive number of seconds, not {self.outage_limit!r}")
         if not isinstance(self.worker_retries, int) or self.worker_retries < 0:
             raise ConfigError(f"worker_retries must be a non-negative integer, not {self.worker_retries!r}")
+        if self.map_item_limit is not None and (not isinstance(self.map_item_limit, int) or self.map_item_limit < 1):
+            raise ConfigError(f"map_item_limit must be a positive integer, not {self.map_item_limit!r}")
         if not isinstance(self.prefix, str) or not self.prefix or self.prefix.startswith("/"):
             raise ConfigError(f"prefix must be a relative key prefix, not {self.prefix!r}")
 

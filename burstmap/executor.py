@@ -18,6 +18,7 @@ from typing import Any
 
 from . import registry, stats
 from .backends.base import Backend
+from .call import Spread, WithEnv
 from .config import Config, load_config
 from .errors import ConfigError, ExecutorShutdownError
 from .future import ResponseFuture
@@ -25,7 +26,7 @@ from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manife
 from .partition import is_data_source, pieces
 from .retry import Retrying
 from .scratch import Scratch
-from .serialize import dumps_calls, dumps_function, seal
+from .serialize import dumps_calls, dumps_function, excluding, seal
 from .storage import Patient
 from .storage.base import Storage
 from .watcher import Watcher, reportable
@@ -96,6 +97,9 @@ class Executor(cf.Executor):
         data, offsets = dumps_calls(calls, self._key, job_id)
         if len(offsets) == 1:
             return []
+        limit = self.config.map_item_limit
+        if limit is not None and len(offsets) - 1 > limit:
+            raise ConfigError(f"a job of {len(offsets) - 1} calls is over map_item_limit ({limit}); split it or raise the limit")
         self._start()
         manifest = Manifest(
             job_id=job_id, prefix=self.config.prefix, function=name or _qualname(func), offsets=tuple(offsets),
@@ -126,10 +130,11 @@ class Executor(cf.Executor):
         shared = threading.Condition()
         return [ResponseFuture(layout, i, self.storage, self.config.progress, shared) for i in range(n_calls)]
 
-    def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (),
-                   timeout: float | None = None) -> ResponseFuture:
-        """Run ``func(data, *extra_args)`` as one call; return its future at once."""
-        return self._submit_job(func, [((data, *extra_args), {})], timeout, None)[0]
+    def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (), timeout: float | None = None,
+                   extra_env: Mapping[str, str] | None = None, exclude_modules: Iterable[str] = ()) -> ResponseFuture:
+        """Run ``func(data, *extra_args)`` as one call; return its future at once (options as for `map`)."""
+        with excluding(exclude_modules):
+            return self._submit_job(_with_env(func, extra_env), [((data, *extra_args), {})], timeout, None)[0]
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ResponseFuture:
         """Run ``fn(*args, **kwargs)`` as one call, like `concurrent.futures.Executor.submit`."""
@@ -138,7 +143,8 @@ class Executor(cf.Executor):
     def map(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (),  # type: ignore[override]
             timeout: float | None = None, worker_retries: int | None = None, retries: int = 0,
             retry_on: tuple[type[BaseException], ...] = (Exception,), chunk_size: int | str | None = None,
-            newline_aligned: bool = True) -> list[ResponseFuture]:
+            newline_aligned: bool = True, extra_env: Mapping[str, str] | None = None,
+            exclude_modules: Iterable[str] = ()) -> list[ResponseFuture]:
         """Run ``func(item, *extra_args)`` for every item, one call each; return the futures at once.
 
         Args:
@@ -152,6 +158,9 @@ class Executor(cf.Executor):
                 exponential backoff; exceptions are not retried by default.
             chunk_size: with data, split objects into byte ranges of this size (``"64MiB"``).
             newline_aligned: with data, move chunk boundaries to line ends so no text line is split.
+            extra_env: environment variables set for the length of each call.
+            exclude_modules: names of your own modules not to ship with the function (the workers
+                have them installed).
         """
         if is_data_source(iterdata):
             iterdata = pieces(iterdata, chunk_size, newline_aligned, storage=self.storage)
@@ -163,7 +172,13 @@ class Executor(cf.Executor):
             func = Retrying(func, retries, tuple(retry_on))
         if extra:
             func = Trailing(func, extra)
-        return self._submit_job(func, (((item,), {}) for item in iterdata), timeout, worker_retries, name=name)
+        with excluding(exclude_modules):
+            return self._submit_job(_with_env(func, extra_env), (((item,), {}) for item in iterdata), timeout,
+                                    worker_retries, name=name)
+
+    def starmap(self, func: Callable, iterdata: Iterable[Any], **options: Any) -> list[ResponseFuture]:
+        """Like `map`, but a tuple input is spread as positional arguments and a dict input as keywords."""
+        return self.map(Spread(func), iterdata, **options)
 
     def imap(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (), *, ordered: bool = True,
              window: int = 10_000, **options: Any) -> Iterator[Any]:
@@ -250,9 +265,13 @@ class Executor(cf.Executor):
         return outcome
 
     def map_reduce(self, map_func: Callable, iterdata: Iterable[Any], reduce_func: Callable,
-                   extra_args: Iterable[Any] = (), timeout: float | None = None) -> ResponseFuture:
-        """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call."""
-        return self.reduce(reduce_func, self.map(map_func, iterdata, extra_args, timeout), timeout=timeout)
+                   extra_args: Iterable[Any] = (), timeout: float | None = None, **map_options: Any) -> ResponseFuture:
+        """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call.
+
+        ``map_options`` are those of `map` (``chunk_size`` to split data, ``extra_env``, ``retries``...).
+        """
+        futures = self.map(map_func, iterdata, extra_args, timeout, **map_options)
+        return self.reduce(reduce_func, futures, timeout=timeout)
 
     def scratch(self, name: str | None = None) -> Scratch:
         """A folder of named objects in this executor's store that calls can write and read (see `Scratch`).
@@ -351,6 +370,10 @@ def _copy_outcome(target: ResponseFuture, source: ResponseFuture) -> None:
         target._finish(source.record, error=error)
     else:
         target._finish(source.record, source.result())
+
+
+def _with_env(func: Callable, extra_env: Mapping[str, str] | None) -> Callable:
+    return WithEnv(func, extra_env) if extra_env else func
 
 
 def _qualname(func: Callable) -> str:

@@ -104,13 +104,32 @@ class ResponseFuture(cf.Future):
         return super().exception(0)
 
     def result(self, timeout: float | None = None) -> Any:
+        """The call's result; a future, or a list of futures, that the call returned is resolved too (as in Lithops)."""
         self._wait(timeout)
         value = super().result(0)
         if isinstance(value, Deferred):
             value = value.load()
             with self._condition:
                 self._result = value
+        if isinstance(value, ResponseFuture):
+            return value.result(timeout)
+        if isinstance(value, list) and value and all(isinstance(v, ResponseFuture) for v in value):
+            return [v.result(timeout) for v in value]
         return value
+
+    def __reduce__(self) -> tuple:
+        """Pickle as the call's identity; unpickled, it is watched from the store there (`burstmap.travel`)."""
+        from .travel import attached
+
+        return attached, (self.layout.prefix, self.job_id, self.call_id)
+
+    def succeeded(self) -> bool:
+        """Whether the call has finished and returned (PyWren's name)."""
+        return self.done() and not self.cancelled() and self.exception() is None
+
+    def errored(self) -> bool:
+        """Whether the call has finished with an error (PyWren's name)."""
+        return self.done() and not self.cancelled() and self.exception() is not None
 
     def take(self) -> bool:
         """Mark the call as handed to a worker; return whether it is still wanted.
@@ -172,8 +191,17 @@ def rebuild_error(record: Record, value: Any, loaded: bool) -> BaseException:
 
 
 class DoneAndNotDone(NamedTuple):
-    done: set
-    not_done: set
+    """The futures that are done and those that are not, each in the order they were given."""
+
+    done: list
+    not_done: list
+
+
+def _in_order(futures: list[cf.Future]) -> DoneAndNotDone:
+    done, not_done = [], []
+    for future in futures:
+        (done if future.done() else not_done).append(future)
+    return DoneAndNotDone(done, not_done)
 
 
 def _progress_bar(futures: list, progress: bool | None) -> tqdm | None:
@@ -191,15 +219,16 @@ def wait(futures: Iterable[cf.Future], return_when: str = ALL_COMPLETED, timeout
          progress: bool | None = None) -> DoneAndNotDone:
     """Wait for calls: all of them, any one of them, or not at all (``ALWAYS``).
 
-    Returns ``(done, not_done)`` sets, like `concurrent.futures.wait`; never raises a call's error.
+    Returns ``(done, not_done)`` as `concurrent.futures.wait` does, but as lists in the order the
+    futures were given, as PyWren did (code indexes them); never raises a call's error.
     """
     futures = list(futures)
     if return_when == ALWAYS:
-        done = {f for f in futures if f.done()}
-        return DoneAndNotDone(done, set(futures) - done)
+        return _in_order(futures)
     bar = _progress_bar(futures, progress)
     if bar is None:
-        return DoneAndNotDone(*cf.wait(futures, timeout=timeout, return_when=return_when))
+        cf.wait(futures, timeout=timeout, return_when=return_when)
+        return _in_order(futures)
     try:
         finished = [f for f in futures if f.done()]
         failed = sum(f.exception() is not None for f in finished)
@@ -214,8 +243,7 @@ def wait(futures: Iterable[cf.Future], return_when: str = ALL_COMPLETED, timeout
         pass
     finally:
         bar.close()
-    done = {f for f in futures if f.done()}
-    return DoneAndNotDone(done, set(futures) - done)
+    return _in_order(futures)
 
 
 def get_all_results(futures: Iterable[cf.Future], return_exceptions: bool = False,

@@ -26,7 +26,7 @@ import cloudpickle
 
 from .errors import PayloadRejectedError, SerializationError
 
-__all__ = ["seal", "unseal", "seal_value", "spool_value", "Spool", "dumps_function", "dumps_calls", "dumps_value",
+__all__ = ["seal", "unseal", "excluding", "seal_value", "spool_value", "Spool", "dumps_function", "dumps_calls", "dumps_value",
            "loads", "load_stream"]
 
 MAC_SIZE = 32
@@ -104,6 +104,22 @@ def _user_modules() -> list[ModuleType]:
     return modules
 
 
+_excluded = threading.local()
+
+
+@contextmanager
+def excluding(modules: Iterable[str]) -> Iterator[None]:
+    """Ship none of ``modules`` by value while this thread pickles in the block (PyWren's ``exclude_modules``)."""
+    if isinstance(modules, str):
+        raise TypeError(f"exclude_modules takes a list of module names, not the string {modules!r}")
+    saved = getattr(_excluded, "names", frozenset())
+    _excluded.names = saved | set(modules)
+    try:
+        yield
+    finally:
+        _excluded.names = saved
+
+
 @contextmanager
 def _user_modules_by_value() -> Iterator[None]:
     """Ship the user's own modules by value for the duration of one pickling.
@@ -113,8 +129,11 @@ def _user_modules_by_value() -> Iterator[None]:
     other's modules mid-pickle (which would ship them by reference, unimportable by workers).
     """
     registered = []
+    excluded = getattr(_excluded, "names", frozenset())
     with _by_value_lock:
         for module in _user_modules():
+            if module.__name__ in excluded:
+                continue
             if not _by_value_count[module.__name__]:
                 try:
                     cloudpickle.register_pickle_by_value(module)

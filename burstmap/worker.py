@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .call import running
 from .errors import KeyNotFoundError, PayloadRejectedError, StorageError
 from .job import CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_records, load_output, read_record
 from .piece import DataPiece
@@ -92,7 +93,14 @@ class Handler:
         return record
 
     def execute(self, task: Task) -> Record:
-        """Run one task and return its finished record, not yet written."""
+        """Run one task and return its finished record, not yet written.
+
+        While its input is unpickled and it runs, the call knows itself (`burstmap.current_call`).
+        """
+        with running(task.job_id, task.call_id, self.storage, self._key):
+            return self._execute(task)
+
+    def _execute(self, task: Task) -> Record:
         record = Record(task.call_id, CallState.OK, task.attempt, time.time(), host=_HOST, worker=self.worker,
                         pid=os.getpid())
         try:

@@ -324,6 +324,17 @@ EXECUTORS: dict[str, Callable[[pytest.FixtureRequest, Path], Any]] = {
 }
 
 
+@pytest.fixture(scope="session", params=["local", "dask"])
+def near_executor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A warm local and a warm Dask executor of their own, for the integrations (multiprocessing, joblib, Dask,
+    Cubed...), so that choosing among them never stops and restarts the shared `executor`s."""
+    ex = EXECUTORS[request.param](request, tmp_path_factory.mktemp(f"near-{request.param}"))
+    try:
+        yield ex
+    finally:
+        ex.shutdown()
+
+
 @pytest.fixture(scope="session", params=sorted(EXECUTORS))
 def executor(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A warm executor of each backend, shared by the whole session."""

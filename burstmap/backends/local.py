@@ -382,6 +382,7 @@ def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgrp()
     _die_with_parent(parent)
+    multiprocessing.current_process().daemon = False  # a call may start processes (a nested executor); they die with it
     handler = Handler(storage, key, worker, group_window=_GROUP_WINDOW)
     try:
         conn.send_bytes(_READY)

@@ -1,0 +1,91 @@
+"""What a call sees of itself, and the wrappers that shape how it is called (PyWren and Lithops habits).
+
+`current_call()` tells a running call its job and call id. `WithEnv` sets environment variables
+for the length of a call (PyWren's ``extra_env``); `Spread` passes a tuple input as positional
+and a dict input as keyword arguments (Lithops' and ``starmap``'s habit).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from .storage.base import Storage
+
+__all__ = ["CallId", "current_call", "current_place", "running", "WithEnv", "Spread"]
+
+
+class CallId(NamedTuple):
+    """The identity of a running call: its job and its index in the job."""
+
+    job_id: str
+    call_id: int
+
+
+_current: contextvars.ContextVar[CallId | None] = contextvars.ContextVar("burstmap_call", default=None)
+_place: contextvars.ContextVar[tuple[Storage, bytes] | None] = contextvars.ContextVar("burstmap_place", default=None)
+
+
+def current_call() -> CallId | None:
+    """The job and call id of the call running in this thread, or None outside a call."""
+    return _current.get()
+
+
+def current_place() -> tuple[Storage, bytes] | None:
+    """The store the running call was read from and the key it was verified with, or None outside a call.
+
+    What travels into a call (a future, a shared array) is found and verified with these, so neither
+    a store, its credentials nor the key ever travel in a call's input.
+    """
+    return _place.get()
+
+
+@contextmanager
+def running(job_id: str, call_id: int, storage: Storage, key: bytes) -> Iterator[None]:
+    """Mark a call as running in this thread (the worker handler does this around each call)."""
+    tokens = _current.set(CallId(job_id, call_id)), _place.set((storage, key))
+    try:
+        yield
+    finally:
+        _current.reset(tokens[0])
+        _place.reset(tokens[1])
+
+
+class WithEnv:
+    """Runs a function with extra environment variables set, restoring the old values afterwards."""
+
+    def __init__(self, func: Callable, env: Mapping[str, str]) -> None:
+        bad = [k for k, v in env.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise TypeError(f"extra_env must map names to strings; not so for {', '.join(map(repr, bad))}")
+        self.func, self.env = func, dict(env)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            return self.func(*args, **kwargs)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+class Spread:
+    """Calls a function with a tuple input spread as positional arguments, a dict input as keywords."""
+
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+
+    def __call__(self, item: Any, *extra: Any) -> Any:
+        if isinstance(item, Mapping):
+            return self.func(*extra, **item)
+        if isinstance(item, (tuple, list)):
+            return self.func(*item, *extra)
+        return self.func(item, *extra)
