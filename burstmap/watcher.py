@@ -62,9 +62,11 @@ class _Job:
         return futures
 
     def prune(self) -> None:
-        """Stop waiting for calls whose futures were all cancelled: no record will come for them."""
+        """Stop waiting for calls whose futures were all cancelled: no record will come for them. Their
+        waiters (`concurrent.futures.wait`) hear of it now, as a standard executor's would when it drops them."""
         for call_id in [i for i, futures in self.calls.items() if all(f.done() for f in futures)]:
-            self.pop(call_id)
+            for future in self.pop(call_id):
+                future.take()
 
 
 def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record) -> None:

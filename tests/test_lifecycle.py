@@ -146,6 +146,18 @@ def test_a_future_is_pending_until_a_worker_takes_its_call_and_can_be_cancelled_
     assert not (tmp_path / "ran-0").exists()
 
 
+def test_waiting_on_cancelled_futures_returns_while_the_workers_are_still_busy(ex, tmp_path):
+    blockers = block_both_workers(ex, tmp_path)
+    queued = ex.map(mark, range(300), extra_args=[str(tmp_path)])  # more than the workers are sent ahead
+    assert all(f.cancel() for f in queued)
+    done, not_done = cf.wait(queued, timeout=60)
+    assert len(done) == 300 and not not_done
+    assert not (tmp_path / "gate").exists() and not any(f.done() for f in blockers)
+    (tmp_path / "gate").touch()
+    assert burstmap.get_all_results(blockers, timeout=60) == [0, 1]
+    assert not list(tmp_path.glob("ran-*"))
+
+
 def test_shutdown_cancel_futures_cancels_the_calls_no_worker_took(tmp_path):
     ex = executor(tmp_path / "store")
     blockers = block_both_workers(ex, tmp_path)
