@@ -131,6 +131,15 @@ class ResponseFuture(cf.Future):
         """Whether the call has finished with an error (PyWren's name)."""
         return self.done() and not self.cancelled() and self.exception() is not None
 
+    #: How many futures were ever cancelled here: the watcher looks for cancelled calls only when it grows.
+    cancellations = 0
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled:
+            ResponseFuture.cancellations += 1
+        return cancelled
+
     def take(self) -> bool:
         """Mark the call as handed to a worker; return whether it is still wanted.
 

@@ -188,10 +188,11 @@ class Watcher:
 
     def _loop(self) -> None:
         """Poll until stopped. Nothing ends it: an unexpected error is logged and fails the futures watched."""
-        interval, outage, active, found = _MIN_INTERVAL, None, time.monotonic(), 0
+        interval, outage, active, cancellations = _MIN_INTERVAL, None, time.monotonic(), -1
         while not self._stopped:
             try:
-                found, listing = self._poll(prune=not found)
+                seen, cancellations = cancellations, ResponseFuture.cancellations
+                found, listing = self._poll(prune=seen != cancellations)
                 outage = None
             except _OUTAGES as e:
                 outage = outage or time.monotonic()
@@ -259,7 +260,7 @@ class Watcher:
         """Finish what has appeared; return how many, and the seconds spent listing.
 
         With ``prune``, calls whose futures were all cancelled stop being waited for first: that walks
-        every waiting call, so the loop asks for it only when the last poll found nothing.
+        every waiting call, so the loop asks for it only when some future was cancelled since.
         """
         with self._lock:
             jobs = list(self._jobs.values())
