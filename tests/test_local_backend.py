@@ -89,21 +89,46 @@ import sys, burstmap
 from burstmap.storage.local import LocalStorage
 
 def f(x):
-    return x
+    return x * x
 
-ex = burstmap.Executor(storage=LocalStorage(sys.argv[1]), secret_key="k")
-print(burstmap.get_all_results(ex.map(f, range(3)), return_exceptions=True, timeout=120))
+ex = burstmap.Executor(storage=LocalStorage(sys.argv[-1]), secret_key="k", progress=False)
+print(burstmap.get_all_results(ex.map(f, range(3)), timeout=120))
 """
 
 
-def test_script_without_main_guard_gets_a_clear_error(tmp_path):
+@pytest.mark.parametrize("how", ["file", "stdin", "-c"])
+def test_a_script_without_main_guard_just_works(tmp_path, how):
     script = tmp_path / "unguarded.py"
     script.write_text(UNGUARDED)
+    store = str(tmp_path / "store")
+    command, stdin = {"file": ([str(script), store], None), "stdin": (["-", store], UNGUARDED),
+                      "-c": (["-c", UNGUARDED, store], None)}[how]
+    out = subprocess.run([sys.executable, *command], input=stdin, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "[0, 1, 4]\n"
+    assert out.stderr == ""
+
+
+CUSTOM_STORE = """
+import sys, burstmap
+from burstmap.storage.local import LocalStorage
+
+class MyStore(LocalStorage):
+    pass
+
+ex = burstmap.Executor(storage=MyStore(sys.argv[1]), secret_key="k", progress=False)
+print(burstmap.get_all_results(ex.map(abs, range(3)), return_exceptions=True, timeout=120))
+"""
+
+
+def test_workers_that_cannot_start_fail_the_calls_with_their_own_error(tmp_path):
+    script = tmp_path / "custom_store.py"
+    script.write_text(CUSTOM_STORE)
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True,
                          timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("WorkerDiedError") == 3
-    assert "if __name__ == '__main__':" in out.stdout
+    assert "exit while starting (exit code 1): AttributeError: Can't get attribute 'MyStore'" in out.stdout
 
 
 def test_workers_killed_while_starting_are_replaced_and_lose_nothing(tmp_path):
