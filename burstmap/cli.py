@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import yaml
@@ -30,13 +29,13 @@ from .config import Config, config_path, load_config, secret_key_path
 from .errors import BurstmapError, JobNotFoundError
 from .executor import Executor
 from .job import Layout
+from .redact import redact
 from .stats import CALL_FIELDS, FAILED_STATES, JobRecords, job_stats, list_jobs
 from .storage.base import Storage
 from .storage.url import open_store
 
 __all__ = ["main", "Session", "pass_session"]
 
-_SECRET_WORDS = ("secret", "password", "key")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: A job with pending calls counts as running if it was submitted or finished a call this recently.
 RUNNING_WINDOW = 3600.0
@@ -200,19 +199,6 @@ def config_init(force: bool) -> None:
     click.echo(f"wrote {path}")
 
 
-def _redact(value: Any, name: str = "") -> Any:
-    """Hide secrets: values of options named like a secret, and passwords inside URLs."""
-    if isinstance(value, dict):
-        return {k: _redact(v, str(k)) for k, v in value.items()}
-    if value not in (None, "") and any(word in name.lower() for word in _SECRET_WORDS):
-        return "***"
-    if isinstance(value, str) and "://" in value:
-        parts = urlsplit(value)
-        if parts.password:
-            return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
-    return value
-
-
 @config_group.command("show")
 @pass_session
 def config_show(session: Session) -> None:
@@ -226,7 +212,7 @@ def config_show(session: Session) -> None:
         "progress": "auto" if cfg.progress is None else cfg.progress,
         "secret_key": cfg.secret_key,
     }
-    shown = _redact(shown)
+    shown = redact(shown)
     if not cfg.secret_key:
         shown["secret_key"] = f"(generated into {secret_key_path()})"
     click.echo(f"# {path} ({'read' if path.exists() else 'missing: defaults'}), then the environment")

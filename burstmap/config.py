@@ -31,6 +31,7 @@ import platformdirs
 import yaml
 
 from .errors import ConfigError
+from .redact import redact
 
 __all__ = ["Config", "Component", "load_config", "config_path", "secret_key_path"]
 
@@ -54,11 +55,14 @@ class Component:
             return cls(value)
         if isinstance(value, Mapping) and isinstance(value.get("name"), str):
             return cls(value["name"], {k: v for k, v in value.items() if k != "name"})
-        raise ConfigError(f"{what} must be a name or a mapping with a 'name' key, not {value!r}")
+        raise ConfigError(f"{what} must be a name or a mapping with a 'name' key, not {redact(value)!r}")
 
     def with_option(self, key: str, value: Any) -> Component:
         """Return a copy with one option set."""
         return Component(self.name, {**self.options, key: value})
+
+    def __repr__(self) -> str:
+        return f"Component(name={self.name!r}, options={redact(self.options)!r})"
 
 
 @dataclass(frozen=True)
