@@ -32,7 +32,6 @@ from .job import Layout
 from .redact import redact
 from .stats import CALL_FIELDS, FAILED_STATES, JobRecords, job_stats, list_jobs
 from .storage.base import Storage
-from .storage.url import open_store
 
 __all__ = ["main", "Session", "pass_session"]
 
@@ -96,8 +95,8 @@ class Session:
 
     @cached_property
     def config(self) -> Config:
-        """The configuration, loaded the normal way, with ``--prefix`` applied."""
-        return load_config(prefix=self.prefix_override)
+        """The configuration, loaded the normal way, with ``--store`` and ``--prefix`` applied."""
+        return load_config(storage=self.store_url, prefix=self.prefix_override)
 
     @property
     def prefix(self) -> str:
@@ -106,15 +105,8 @@ class Session:
 
     @cached_property
     def storage(self) -> Storage:
-        """The store named by ``--store``, else the configured one."""
-        if self.store_url:
-            url = self.store_url if self.store_url.endswith("/") else self.store_url + "/"
-            store, key = open_store(url)
-            if key.strip("/"):
-                raise click.UsageError(f"--store names a store, not a key in it ({key!r}): use --prefix for that")
-            return store
-        component = self.config.storage
-        return registry.load("storage", component.name)(**component.options)
+        """The store named by ``--store`` (with the options configured for its kind), else the configured one."""
+        return registry.build("storage", self.config.storage.name, self.config.storage.options)
 
     def job(self, job_id: str) -> JobRecords:
         """Load a job's manifest and records; unknown ids become a one-line error."""
@@ -125,8 +117,8 @@ pass_session = click.make_pass_decorator(Session)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", metavar="URL", help="The store to use (file:///dir, s3://bucket, redis://host:port/db), "
-              "instead of the configured one.")
+@click.option("--store", metavar="URL", help="The store to use (file:///dir, /dir, s3://bucket, redis://host:port/db), "
+              "instead of the configured one; it keeps the options configured for its kind (an S3 endpoint).")
 @click.option("--prefix", metavar="PREFIX", help="The key prefix of jobs in the store (default from config).")
 @click.version_option(package_name="burstmap")
 @click.pass_context
@@ -204,10 +196,12 @@ def config_init(force: bool) -> None:
 def config_show(session: Session) -> None:
     """Print the effective configuration (file, environment, options), secrets hidden."""
     cfg = session.config
+    registry.check("backend", cfg.backend.name, cfg.backend.options)  # what the executor would refuse
+    registry.check("storage", cfg.storage.name, cfg.storage.options)
     path = config_path()
     shown = {
         "backend": {"name": cfg.backend.name, **cfg.backend.options},
-        "storage": session.store_url or {"name": cfg.storage.name, **cfg.storage.options},
+        "storage": {"name": cfg.storage.name, **cfg.storage.options},
         "prefix": cfg.prefix, "timeout": cfg.timeout, "worker_retries": cfg.worker_retries,
         "progress": "auto" if cfg.progress is None else cfg.progress,
         "secret_key": cfg.secret_key,

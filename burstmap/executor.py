@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import inspect
+import os
 import secrets
 import socket
 import threading
@@ -33,33 +33,24 @@ __all__ = ["Executor", "default_executor"]
 
 def _build(kind: str, value: Any, base: type) -> Any:
     """An instance passed in is used as is; a name is looked up in the registry with its options."""
-    if isinstance(value, base):
-        return value
-    cls = registry.load(kind, value.name)
-    params = inspect.signature(cls).parameters
-    unknown = set(value.options) - set(params)
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        raise ConfigError(f"{kind} {value.name!r} has no option(s) {', '.join(sorted(unknown))}; "
-                          f"it takes: {', '.join(params) or 'none'}")
-    try:
-        return cls(**value.options)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{kind} {value.name!r}: {e}") from None
+    return value if isinstance(value, base) else registry.build(kind, value.name, value.options)
 
 
 class Executor(cf.Executor):
     """Runs calls of plain Python functions on a backend, with function, inputs and results in a store.
 
     Args:
-        backend: a `Backend`, the registered name of one (options then come from the config), or a
-            mapping ``{"name": ..., option: value}``.
-        storage: a `Storage`, or a name or mapping as for ``backend``.
+        backend: a `Backend`, the registered name of one (options then come from the config), a
+            mapping ``{"name": ..., option: value}``, or a URL (``tcp://scheduler:8786`` for Dask,
+            ``redis://...`` or ``sqs://...`` for the queue of stand-alone workers).
+        storage: a `Storage`, a name or mapping as for ``backend``, a URL (``s3://bucket``,
+            ``redis://host:6379/0``, ``file:///dir``) or a path.
         settings: any other `Config` field (``prefix``, ``timeout``, ``worker_retries``, ``progress``,
             ``secret_key``); they override the config file and environment.
     """
 
     def __init__(self, backend: Backend | str | Mapping[str, Any] | None = None,
-                 storage: Storage | str | Mapping[str, Any] | None = None,
+                 storage: Storage | str | os.PathLike | Mapping[str, Any] | None = None,
                  **settings: Any) -> None:
         self.config: Config = load_config(
             backend=None if isinstance(backend, Backend) else backend,

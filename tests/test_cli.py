@@ -9,9 +9,11 @@ import pickle
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from burstmap.job import Layout
@@ -80,6 +82,25 @@ def test_jobs_lists_counts_from_the_configured_store(env, store, job):
     row = next(line.split() for line in proc.stdout.splitlines() if line.startswith(job))
     assert row[1] == "tests.real_jobs.square"
     assert row[2:6] == [str(N_CALLS - 1), "1", "0", "0"]
+
+
+def test_store_given_as_a_path(env, store, job):
+    proc = subprocess.run([sys.executable, "-m", "burstmap.cli", "--store", str(store), "status", job], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{N_CALLS} calls" in proc.stdout
+
+
+def test_store_given_as_an_s3_url_keeps_the_configured_endpoint(env, tmp_path, moto_server):
+    bucket = f"cli-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage: {{name: s3, bucket: another, endpoint_url: '{moto_server}', region: us-east-1}}\n")
+    proc = cli({**env, "BURSTMAP_CONFIG": str(config), "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing"}, None, "--store", f"s3://{bucket}", "jobs")
+    assert proc.returncode == 0, proc.stderr
+    assert "no jobs under prefix 'burstmap'" in proc.stderr
 
 
 def test_jobs_under_another_prefix_finds_none(env, store, job):
@@ -222,13 +243,23 @@ def test_clean_older_than_keeps_recent_jobs(env, store, job):
 
 def test_config_show_never_prints_a_secret(env, tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("storage: {name: redis, url: 'redis://:url-pw-789@localhost:6379/0', access_key: ak-456}\n")
+    config.write_text("backend: {name: standalone, queue: 'redis://:url-pw-789@localhost:6379/0'}\n"
+                      "storage: {name: s3, bucket: b, aws_access_key_id: ak-456}\n")
     proc = cli({**env, "BURSTMAP_CONFIG": str(config), "BURSTMAP_SECRET_KEY": "fake-secret-123",
-                "BURSTMAP_STORAGE_PASSWORD": "pw-321"}, None, "config", "show")
+                "BURSTMAP_STORAGE_AWS_SECRET_ACCESS_KEY": "pw-321"}, None, "config", "show")
     assert proc.returncode == 0, proc.stderr
     for secret in ("fake-secret-123", "pw-321", "url-pw-789", "ak-456"):
         assert secret not in proc.stdout + proc.stderr
     assert "secret_key: '***'" in proc.stdout and "redis://:***@localhost:6379/0" in proc.stdout
+
+
+def test_config_show_refuses_what_the_executor_would(env, tmp_path):
+    config = tmp_path / "config.yaml"
+    for text, message in (("backend: {name: local, worker: 4}\n", "backend 'local' has no option(s) worker"),
+                          ("storage: s3\n", "storage 's3' needs option 'bucket'"),
+                          ("progress: maybe\n", "progress must be auto, true or false")):
+        config.write_text(text)
+        assert message in assert_one_line_error(cli({**env, "BURSTMAP_CONFIG": str(config)}, None, "config", "show"))
 
 
 def test_config_init_writes_a_loadable_file_once(env):
