@@ -2,6 +2,8 @@
 
 from typing import Any
 
+__version__ = "0.1.0"  # first: modules imported below read it
+
 from .backends.base import Backend
 from .config import Config, load_config
 from .errors import (
@@ -19,8 +21,6 @@ from .errors import (
 from .executor import Executor, default_executor
 from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, ResponseFuture, as_completed, get_all_results, wait
 from .storage.base import Storage
-
-__version__ = "0.1.0"
 
 
 def attach(job_id: str, resume: bool = False) -> list[ResponseFuture]:

@@ -17,7 +17,7 @@ from typing import Any
 from . import registry, stats
 from .backends.base import Backend
 from .config import Config, load_config
-from .errors import ConfigError, ExecutorShutdownError
+from .errors import ConfigError, ExecutorShutdownError, PayloadRejectedError
 from .future import ResponseFuture
 from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manifest, new_job_id
 from .partition import is_data_source, pieces
@@ -26,6 +26,7 @@ from .serialize import dumps_calls, dumps_function, seal
 from .storage import Patient
 from .storage.base import Storage
 from .watcher import Watcher, reportable
+from .versions import mismatch
 from .worker import Handler
 
 __all__ = ["Executor", "default_executor"]
@@ -229,6 +230,9 @@ class Executor(cf.Executor):
         Raises whatever the call raises.
         """
         manifest = self.manifest(job_id)
+        refusal = mismatch(manifest.versions, who="this process")
+        if refusal:
+            raise PayloadRejectedError(f"cannot replay call {call_id} of job {job_id}: {refusal}")
         if not 0 <= call_id < manifest.n_calls:
             raise ValueError(f"job {job_id} has calls 0 to {manifest.n_calls - 1}, not {call_id}")
         start, end = manifest.data_range(call_id)

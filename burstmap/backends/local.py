@@ -32,6 +32,7 @@ from ..attempts import OUTAGE_EXIT, Attempts, how_it_ended
 from ..errors import BurstmapError, StorageError, WorkerDiedError
 from ..job import Batch, CallState, Manifest, Task
 from ..storage.base import Storage
+from ..versions import mismatch
 from ..worker import Handler
 from .base import Backend, CallBoard, fail_held
 from .local_process import READY, WorkerProcess
@@ -420,7 +421,11 @@ def _serve(handler: Handler, key: bytes, conn: Connection, progress: Any) -> Non
         began = progress[2] = time.time()
         progress[3], progress[1], progress[0] = 0, 0, seq
         try:
-            handler.run(batch.tasks, on_start, on_durable)
+            refusal = mismatch(batch.versions)
+            if refusal:
+                Attempts(handler.storage, key, handler.worker).rejected(list(batch.tasks), refusal)
+            else:
+                handler.run(batch.tasks, on_start, on_durable)
         except StorageError:
             os._exit(OUTAGE_EXIT)
         try:
