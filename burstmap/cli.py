@@ -29,6 +29,7 @@ from .config import Config, config_path, load_config, secret_key_path
 from .errors import BurstmapError, JobNotFoundError
 from .executor import Executor
 from .job import Layout
+from .lease import expired
 from .redact import redact
 from .stats import CALL_FIELDS, FAILED_STATES, JobRecords, job_stats, list_jobs
 from .storage.base import Storage
@@ -137,10 +138,23 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
-def _is_running(job: JobRecords, now: float) -> bool:
-    """Pending calls, and activity within `RUNNING_WINDOW` (or the job's call timeout, if longer)."""
+def _liveness(job: JobRecords, now: float) -> str:
+    """``finished``; ``running`` while its client's lease holds; ``abandoned`` once it ran out with calls
+    unfinished. A job without a lease (older burstmap) is ``running`` while it was submitted or
+    finished a call within `RUNNING_WINDOW` (or its call timeout, if longer), else ``stalled``.
+    """
+    if job.pending == 0:
+        return "finished"
+    gone = expired(job.storage, job.manifest.layout, now)
+    if gone is not None:
+        return "abandoned" if gone else "running"
     last = max([job.manifest.submitted, *(r.end for r in job.records.values())])
-    return job.pending > 0 and now - last < max(RUNNING_WINDOW, job.manifest.timeout or 0.0)
+    return "running" if now - last < max(RUNNING_WINDOW, job.manifest.timeout or 0.0) else "stalled"
+
+
+def _resume_hint(job: JobRecords) -> str:
+    return (f"job {job.manifest.job_id} is abandoned: its client stopped watching with {job.pending} calls "
+            f"unfinished; finish it with burstmap.attach({job.manifest.job_id!r}, resume=True)")
 
 
 # ---- config ---------------------------------------------------------------------------------------
@@ -227,7 +241,7 @@ def _job_row(job: JobRecords, now: float) -> list[str]:
     if job.pending == 0 and ends:
         duration = _seconds(max(ends) - job.manifest.submitted)
     else:
-        duration = "running" if _is_running(job, now) else "stalled"
+        duration = _liveness(job, now)
     return [job.manifest.job_id, job.manifest.function, str(counts["ok"]),
             str(sum(counts[s] for s in FAILED_STATES)), str(job.pending), str(counts["corrupt"]),
             _when(job.manifest.submitted), duration]
@@ -251,6 +265,7 @@ def jobs_command(session: Session) -> None:
 
 
 def _follow(job: JobRecords, interval: float) -> None:
+    """A progress bar until every call has finished or the job is abandoned."""
     from tqdm import tqdm
     finished = job.manifest.n_calls - job.pending
     with tqdm(total=job.manifest.n_calls, initial=finished, unit="call", desc=job.manifest.job_id,
@@ -260,7 +275,7 @@ def _follow(job: JobRecords, interval: float) -> None:
             bar.update(job.manifest.n_calls - job.pending - bar.n)
             bar.set_postfix(done=counts["ok"], failed=sum(counts[s] for s in FAILED_STATES),
                             running_or_queued=job.pending, refresh=False)
-            if job.pending == 0:
+            if _liveness(job, time.time()) in ("finished", "abandoned"):
                 break
             time.sleep(interval)
             job.refresh()
@@ -268,12 +283,13 @@ def _follow(job: JobRecords, interval: float) -> None:
 
 @main.command("status")
 @click.argument("job_id", metavar="JOB")
-@click.option("--follow", "-f", is_flag=True, help="Show a progress bar until every call has finished.")
+@click.option("--follow", "-f", is_flag=True, help="Show a progress bar until every call has finished "
+              "(or the job is abandoned).")
 @click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds between polls with --follow.")
 @pass_session
 def status_command(session: Session, job_id: str, follow: bool, interval: float) -> None:
-    """Count a job's calls by state (pending means queued or running)."""
+    """Count a job's calls by state (pending means queued or running), and say if it was abandoned."""
     job = session.job(job_id)
     if follow:
         _follow(job, interval)
@@ -282,6 +298,8 @@ def status_command(session: Session, job_id: str, follow: bool, interval: float)
     for state, count in job.counts().items():
         if count or state in ("ok", "pending"):
             click.echo(f"  {state:<9} {count}")
+    if _liveness(job, time.time()) == "abandoned":
+        raise click.ClickException(_resume_hint(job))
 
 
 # ---- results, logs ------------------------------------------------------------------------------------
@@ -463,12 +481,12 @@ def clean_command(session: Session, job_id: str | None, older_than: float | None
                   yes: bool, force: bool) -> None:
     """Delete jobs from the store: one JOB, those older than a duration, or all.
 
-    A job still running (calls pending and activity within the last hour, or its call timeout) is
-    kept unless --force.
+    A job still running (calls pending and its client watching, or for older jobs activity within
+    the last hour) is kept unless --force; an abandoned one is deleted.
     """
     jobs = _chosen(session, job_id, older_than, all_jobs)
     now = time.time()
-    running = [j for j in jobs if not force and _is_running(j, now)]
+    running = [j for j in jobs if not force and _liveness(j, now) == "running"]
     jobs = [j for j in jobs if j not in running]
     for job in running:
         click.echo(f"Error: job {job.manifest.job_id} is still running ({job.pending} calls pending); "

@@ -8,9 +8,11 @@ import functools
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +21,7 @@ from .backends.base import Backend
 from .config import Config, load_config
 from .errors import ConfigError, ExecutorShutdownError, PayloadRejectedError
 from .future import ResponseFuture
+from .interrupt import interrupted, notice_ctrl_c
 from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manifest, new_job_id
 from .partition import is_data_source, pieces
 from .retry import Retrying
@@ -76,6 +79,7 @@ class Executor(cf.Executor):
                 self.storage.check()
                 self.backend.start(self.storage, self._key, self._watcher)
                 self._started = True
+                notice_ctrl_c(_busy)
 
     def _submit_job(self, func: Callable, calls: Iterable[tuple[tuple, dict]], timeout: float | None,
                     worker_retries: int | None, kind: str = "map", job_id: str | None = None,
@@ -354,9 +358,24 @@ _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 
 
 def _shut_down_live_executors() -> None:
-    """At interpreter exit, like `concurrent.futures`: wait for every live executor's calls, then stop it."""
+    """At interpreter exit, like `concurrent.futures`: wait for every live executor's calls, then stop it.
+
+    After Ctrl-C, do not wait: cancel what no worker took, stop, and say how to resume each job.
+    """
     for executor in list(_live):
-        executor.shutdown(wait=True)
+        if not interrupted():
+            executor.shutdown(wait=True)
+            continue
+        jobs = Counter(f.job_id for f in executor._watcher.pending())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for job_id, unfinished in jobs.items():
+            print(f"burstmap: interrupted; job {job_id} has {unfinished} calls unfinished: "
+                  f"finish it with burstmap.attach({job_id!r}, resume=True)", file=sys.stderr)
+
+
+def _busy() -> bool:
+    """Whether any live executor has calls in flight."""
+    return any(executor._watcher.pending() for executor in list(_live))
 
 
 threading._register_atexit(_shut_down_live_executors)  # type: ignore[attr-defined]  # as concurrent.futures.thread

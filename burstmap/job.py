@@ -96,6 +96,11 @@ class Layout:
     def status_prefix(self) -> str:
         return self.root + "status/"
 
+    @property
+    def lease(self) -> str:
+        """The client's lease on the job (see `burstmap.lease`)."""
+        return self.root + "lease"
+
     def status_chunk(self, chunk: int) -> str:
         """The prefix of the statuses of calls ``chunk * 1000`` to ``chunk * 1000 + 999``: one LIST page."""
         return f"{self.status_prefix}{chunk}/"

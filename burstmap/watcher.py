@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from .errors import BurstmapError, PayloadRejectedError, SerializationError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error
 from .job import CHUNK, CallState, Layout, Record, RecordError, call_ids_of, decode_records, load_output
+from .lease import Leases
 from .storage.base import Storage
 
 __all__ = ["Watcher", "finish", "reportable"]
@@ -92,6 +93,7 @@ class Watcher:
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._leases = Leases(storage)
 
     def watch(self, layout: Layout, futures: Iterable[ResponseFuture]) -> None:
         """Start watching futures of one job (a call may have several futures: the job was attached again)."""
@@ -137,6 +139,7 @@ class Watcher:
             thread.join()
         try:
             self._poll()
+            self._leases.end()  # the jobs with calls unfinished are abandoned now
         except Exception as e:
             log.warning("burstmap: could not read the last outcomes from %r while shutting down: %s",
                         self._storage, e)
@@ -221,11 +224,13 @@ class Watcher:
         """Finish what has appeared; return how many, and the seconds spent listing."""
         with self._lock:
             jobs = list(self._jobs.values())
+        self._leases.renew(layout for layout, _ in jobs)
         found, listing = 0, 0.0
         for layout, calls in jobs:
             with self._lock:
                 for call_id in [i for i, futures in calls.items() if all(f.done() for f in futures)]:
                     del calls[call_id]  # cancelled: no record will come
+                    self._leases.gave_up(layout.job_id)
                 chunks = sorted({call_id // CHUNK for call_id in calls})
             for chunk in chunks:
                 began = time.perf_counter()
@@ -236,4 +241,5 @@ class Watcher:
             with self._lock:
                 if not calls and self._jobs.get(layout.job_id, (None, None))[1] is calls:
                     del self._jobs[layout.job_id]
+                    self._leases.done(layout.job_id)
         return found, listing
