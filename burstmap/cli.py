@@ -39,6 +39,7 @@ __all__ = ["main", "Session", "pass_session"]
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: A job with pending calls counts as running if it was submitted or finished a call this recently.
 RUNNING_WINDOW = 3600.0
+_STRAGGLERS_SHOWN = 5
 
 
 def _one_line(error: BaseException) -> str:
@@ -404,8 +405,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary["cost"] is not None:
         lines.append(f"lambda cost  ${summary['cost']:.6f} ({summary['gb_seconds']:.2f} GB-s, compute only)")
     click.echo("\n".join(lines))
-    for s in summary["stragglers"]:
+    stragglers = summary["stragglers"]
+    for s in stragglers[:_STRAGGLERS_SHOWN]:
         click.echo(f"straggler    call {s['call_id']}: {_seconds(s['duration'])} on {s['worker']}")
+    if len(stragglers) > _STRAGGLERS_SHOWN:
+        click.echo(f"stragglers   {len(stragglers) - _STRAGGLERS_SHOWN} more, the slowest shown above "
+                   "(--csv lists every call)")
 
 
 @main.command("stats")

@@ -290,3 +290,15 @@ def test_unavailable_optional_command_says_what_to_install(env):
     assert out.returncode == 0
     for name in ("lambda", "replay", "worker", "jobs", "clean"):
         assert f"  {name} " in out.stdout
+
+
+def test_stats_shows_the_five_slowest_stragglers_and_counts_the_rest(capsys):
+    from burstmap.cli import _print_summary
+    from burstmap.stats import summarize
+
+    rows = [{"job_id": "j", "call_id": i, "state": "ok", "end": 10.0, "duration": 1.0 + (i >= 10) * i,
+             "compute": 0.5, "queue_wait": 0.0, "worker": "w"} for i in range(30)]
+    _print_summary(summarize(rows, submitted=9.0))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines if line.startswith("straggler ")] == ["29:", "28:", "27:", "26:", "25:"]
+    assert lines[-1] == "stragglers   15 more, the slowest shown above (--csv lists every call)"
