@@ -342,9 +342,14 @@ def results_command(session: Session, job_id: str, out: str | None) -> None:
         for call_id, state, value in outcomes:
             shown = f"{type(value).__name__}: {_one_line(value)}" if isinstance(value, BaseException) else repr(value)
             click.echo(f"{call_id}\t{state}\t{shown}")
-    bad = sum(isinstance(value, BaseException) for _, _, value in outcomes)
-    if bad:
-        _fail(f"{bad} of {len(outcomes)} calls failed")
+    failed = sum(isinstance(value, BaseException) and state != "corrupt" for _, state, value in outcomes)
+    unverified = sum(state == "corrupt" for _, state, _ in outcomes)
+    said = [f"{failed} of {len(outcomes)} calls failed"] if failed else []
+    if unverified:
+        said.append(f"{unverified} of {len(outcomes)} calls could not be verified: wrong key? (their records fail "
+                    "HMAC verification: signed with another secret key, or altered)")
+    if said:
+        _fail("; ".join(said))
 
 
 def _fail(message: str) -> NoReturn:

@@ -151,6 +151,20 @@ def test_results_with_another_secret_key_are_rejected(env, store, job):
     assert proc.stderr.count("\n") == 1
 
 
+def test_results_whose_records_another_key_signed_say_so(env, tmp_path):
+    from burstmap.job import Manifest
+
+    with new_executor(tmp_path) as ex:
+        job_id = wait_done(ex.map(abs, range(5)))[0].job_id
+    layout = Layout("burstmap", job_id)
+    storage = LocalStorage(tmp_path)
+    manifest = Manifest.decode(storage.get(layout.manifest), SECRET.encode(), job_id)
+    storage.put(layout.manifest, manifest.encode(b"another-key"))  # as if workers had signed with SECRET
+    proc = cli({**env, "BURSTMAP_SECRET_KEY": "another-key"}, tmp_path, "results", job_id)
+    assert assert_one_line_error(proc) == ("Error: 5 of 5 calls could not be verified: wrong key? (their records "
+                                           "fail HMAC verification: signed with another secret key, or altered)")
+
+
 def test_logs_of_one_call_and_of_every_call(env, store, job):
     one = cli(env, store, "logs", job, str(PRINTING))
     assert one.returncode == 0
