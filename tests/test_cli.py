@@ -232,6 +232,7 @@ def test_clean_asks_then_deletes_a_finished_job(env, store, executor):
     proc = cli(env, store, "clean", job, input="y\n")
     assert proc.returncode == 0, proc.stderr
     assert not storage.exists(layout.manifest) and list(storage.list(layout.root)) == []
+    assert not (store / layout.root).exists()  # no empty folders left behind
     assert cli(env, store, "clean").returncode == 2
     assert cli(env, store, "clean", job, "--all").returncode == 2
 
@@ -304,6 +305,14 @@ def test_unavailable_optional_command_says_what_to_install(env):
     assert out.returncode == 0
     for name in ("lambda", "replay", "worker", "jobs", "clean"):
         assert f"  {name} " in out.stdout
+
+
+def test_clean_all_leaves_no_empty_folder(env, tmp_path):
+    store = tmp_path / "store"
+    with new_executor(store) as ex:
+        wait_done(ex.map(abs, range(2500)))
+    assert cli(env, store, "clean", "--all", "--yes").returncode == 0
+    assert list(store.rglob("*")) == []
 
 
 def test_stats_shows_the_five_slowest_stragglers_and_counts_the_rest(capsys):
