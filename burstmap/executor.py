@@ -118,10 +118,13 @@ class Executor(cf.Executor):
     def _futures(self, layout: Layout, n_calls: int) -> list[ResponseFuture]:
         return [ResponseFuture(layout, i, self.storage, self.config.progress) for i in range(n_calls)]
 
-    def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (),
-                   timeout: float | None = None) -> ResponseFuture:
-        """Run ``func(data, *extra_args)`` as one call; return its future at once."""
-        return self._submit_job(func, [((data, *extra_args), {})], timeout, None)[0]
+    def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (), timeout: float | None = None,
+                   worker_retries: int | None = None, retries: int = 0,
+                   retry_on: tuple[type[BaseException], ...] = (Exception,)) -> ResponseFuture:
+        """Run ``func(data, *extra_args)`` as one call; return its future at once (arguments as for `map`)."""
+        calls = [((data, *extra_args), {})]
+        return self._submit_job(_retrying(func, retries, retry_on), calls, timeout, worker_retries,
+                                name=_qualname(func))[0]
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ResponseFuture:
         """Run ``fn(*args, **kwargs)`` as one call, like `concurrent.futures.Executor.submit`."""
@@ -150,10 +153,9 @@ class Executor(cf.Executor):
         elif chunk_size is not None:
             raise ConfigError("chunk_size applies only to data: a storage URL, a directory or a list of URLs")
         extra = tuple(extra_args)
-        name = _qualname(func)
-        if retries:
-            func = Retrying(func, retries, tuple(retry_on))
-        return self._submit_job(func, (((item, *extra), {}) for item in iterdata), timeout, worker_retries, name=name)
+        calls = (((item, *extra), {}) for item in iterdata)
+        return self._submit_job(_retrying(func, retries, retry_on), calls, timeout, worker_retries,
+                                name=_qualname(func))
 
     def reduce(self, func: Callable, futures: Iterable[ResponseFuture], extra_args: Iterable[Any] = (),
                timeout: float | None = None) -> ResponseFuture:
@@ -200,9 +202,14 @@ class Executor(cf.Executor):
         return outcome
 
     def map_reduce(self, map_func: Callable, iterdata: Iterable[Any], reduce_func: Callable,
-                   extra_args: Iterable[Any] = (), timeout: float | None = None) -> ResponseFuture:
-        """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call."""
-        return self.reduce(reduce_func, self.map(map_func, iterdata, extra_args, timeout), timeout=timeout)
+                   extra_args: Iterable[Any] = (), timeout: float | None = None, **map_options: Any) -> ResponseFuture:
+        """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call.
+
+        ``map_options`` are those of `map` (``worker_retries``, ``retries``, ``retry_on``, ``chunk_size``,
+        ``newline_aligned``); ``timeout`` applies to the reduce call too.
+        """
+        mapped = self.map(map_func, iterdata, extra_args, timeout, **map_options)
+        return self.reduce(reduce_func, mapped, timeout=timeout)
 
     def manifest(self, job_id: str) -> Manifest:
         """The stored, verified description of a job; `JobNotFoundError` if the store has none."""
@@ -277,6 +284,11 @@ class Executor(cf.Executor):
 
     def __repr__(self) -> str:
         return f"Executor(backend={self.backend!r}, storage={self.storage!r}, id={self.executor_id!r})"
+
+
+def _retrying(func: Callable, retries: int, retry_on: tuple[type[BaseException], ...]) -> Callable:
+    """``func``, retried inside the worker on the exceptions ``retry_on`` up to ``retries`` times."""
+    return Retrying(func, retries, tuple(retry_on)) if retries else func
 
 
 def _shutdown_error(job_id: str) -> ExecutorShutdownError:
