@@ -187,6 +187,8 @@ def wait(futures: Iterable[cf.Future], return_when: str = ALL_COMPLETED, timeout
     finally:
         bar.close()
     done = {f for f in futures if f.done()}
+    print(f"burstmap: {len(done)} of {len(futures)} calls done ({failed} failed) in "
+          f"{bar.format_dict['elapsed']:.1f}s", file=sys.stderr)
     return DoneAndNotDone(done, set(futures) - done)
 
 
