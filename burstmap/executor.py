@@ -85,7 +85,7 @@ class Executor(cf.Executor):
                     worker_retries: int | None, kind: str = "map", job_id: str | None = None,
                     name: str | None = None) -> list[ResponseFuture]:
         job_id = job_id or new_job_id()
-        func_blob = seal(self._key, f"{job_id}/func", dumps_function(func))
+        func_blob = seal(self._key, f"{job_id}/func", dumps_function(func, self.backend.imports_client_modules))
         data, offsets = dumps_calls(calls, self._key, job_id)
         if len(offsets) == 1:
             return []

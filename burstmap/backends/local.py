@@ -54,6 +54,7 @@ class LocalBackend(Backend):
     """Runs calls in ``workers`` processes on this machine (default: one per core)."""
 
     name = "local"
+    imports_client_modules = True
 
     def __init__(self, workers: int | None = None) -> None:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
