@@ -192,3 +192,23 @@ def test_a_dispatcher_that_cannot_go_on_fails_the_calls_it_holds_and_the_next_on
                 os.kill(pid, 0)
     finally:
         backend.shutdown()
+
+
+def hang_until(release):
+    """Wait until the test lets it go: a call with no timeout that runs as long as it likes."""
+    while not Path(release).exists():
+        time.sleep(0.01)
+    return "released"
+
+
+def test_a_call_without_timeout_does_not_hold_the_calls_queued_behind_it(pool_executor, tmp_path):
+    release = tmp_path / "release"
+    (hanging,) = pool_executor.map(hang_until, [str(release)])  # one worker takes it first
+    try:
+        quick = pool_executor.map(abs, range(2000))  # once measured, its batches are also sent ahead to that worker
+        done, not_done = burstmap.wait(quick, timeout=120)
+        assert not not_done, f"{len(not_done)} calls queued behind the hanging one never ran"
+        assert not hanging.done()
+    finally:
+        release.write_text("go")
+    assert hanging.result(timeout=120) == "released"

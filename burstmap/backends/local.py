@@ -10,6 +10,11 @@ interpreters that never import the user's ``__main__`` (`local_process`), so any
 guarded or not; a worker that cannot start is replaced after a growing pause, and after a few
 failures in a row the pending calls fail with the worker's own error.
 
+A call that runs long (no timeout may stop it) does not hold the batches sent ahead to its worker
+while another worker idles: the dispatcher marks them withdrawn in the worker's progress array and
+queues them again; the worker skips a withdrawn batch. (In a rare race both run one, which is
+harmless: a call may run twice, its record is the same.)
+
 The dispatcher is supervised: an error it cannot handle fails every call it holds, loudly.
 """
 
@@ -44,6 +49,7 @@ _MAX_BATCH = 64
 _BATCH_SECONDS = 0.01  # quick calls are batched up to this much work per batch
 _DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
 _GROUP_WINDOW = 0.002  # quick calls' records are stored together if they finish within this many seconds
+_STUCK = 1.0  # seconds a call runs before the batches queued behind it on its worker go to idle ones
 _STARTUP_TRIES = 3  # workers that die before taking work, in a row, before their calls are failed
 _STARTUP_PAUSE = 0.1, 10.0  # the pause before replacing such a worker doubles from the first to the second
 _TICK = 0.05
@@ -110,6 +116,11 @@ class _Slot:
                 break
         batch = self.batches.get(int(seq))
         return (batch, int(index), start, int(durable)) if batch else None
+
+    def stuck(self, now: float) -> bool:
+        """Whether its call has run `_STUCK` seconds: nothing more is queued behind it."""
+        running = self.running() if self.batches else None
+        return running is not None and now - running[2] >= _STUCK
 
     def unstarted(self, after: int) -> list[tuple[Manifest, Task]]:
         """The tasks of every batch sent after batch ``after``, in order."""
@@ -216,15 +227,17 @@ class _Pool:
                         self._wake_r.recv_bytes()
                     continue
                 slot = owners[ready]
-                if self.slots[slot.index] is not slot:
-                    continue
+                if self.slots[slot.index] is not slot or slot.index in self._respawn:
+                    continue  # replaced, or to be replaced, since the wait began
                 self._on_ready(slot, ready)
             self._check_timeouts()
+            self._take_back_queued()
 
     def _wait_time(self) -> float | None:
         """How long the loop may wait for a message: until a timeout may pass or a worker is due to be replaced."""
         timed = any(b[0][0].timeout for slot in self.slots for b in slot.batches.values())
-        times = [_TICK] if timed else []
+        queued_behind = any(len(slot.batches) > 1 for slot in self.slots)
+        times = [_TICK] if timed or queued_behind else []
         times += [max(0.0, due - time.monotonic()) for due in self._respawn.values()]
         return min(times, default=None)
 
@@ -244,7 +257,9 @@ class _Pool:
                     self._startup_failures = 0
                 else:
                     seq, seconds = message.split()
-                    self._pace.record(slot.batches.pop(int(seq)), float(seconds))
+                    batch = slot.batches.pop(int(seq), None)
+                    if batch:  # else it was withdrawn as the worker took it: it ran twice
+                        self._pace.record(batch, float(seconds))
             if ready is slot.conn or slot.process.is_alive():
                 return
         except (EOFError, OSError):
@@ -272,7 +287,7 @@ class _Pool:
                     return None
                 manifest = self._pending[0][0]
                 size, depth = self._pace.batch(manifest.job_id, len(self._pending) // (2 * len(self.slots)))
-                if len(slot.batches) >= depth:
+                if len(slot.batches) >= depth or slot.batches and slot.stuck(time.time()):
                     return None
                 attempts: dict[int, int] = {}
                 while self._pending and len(attempts) < size and self._pending[0][0] is manifest:
@@ -301,6 +316,21 @@ class _Pool:
                     task, manifest.timeout, f"its worker {slot.name} (pid {slot.process.pid})", start))
                 unstored = batch[durable:index] + batch[index + 1:]
                 self._replace(slot, requeue=unstored + slot.unstarted(int(slot.progress[0])))
+
+    def _take_back_queued(self) -> None:
+        """Queue again the batches sent ahead to a worker whose call has run `_STUCK` seconds, if another idles."""
+        if self._pending or not any(slot.started and not slot.batches for slot in self.slots):
+            return
+        now = time.time()
+        for slot in self.slots:
+            current = int(slot.progress[0])
+            if not any(seq > current for seq in slot.batches) or not slot.stuck(now):
+                continue
+            slot.progress[4] = max(slot.batches)
+            taken = int(slot.progress[0])  # it may have started one meanwhile: that one stays its own
+            behind = [slot.batches.pop(seq) for seq in sorted(slot.batches) if seq > taken]
+            with self._lock:
+                self._pending.extendleft(reversed([(m, t.call_id, t.attempt) for batch in behind for m, t in batch]))
 
     def _worker_died(self, slot: _Slot) -> None:
         _kill_group(slot.process)
@@ -421,6 +451,8 @@ def _serve(handler: Handler, key: bytes, conn: Connection, progress: Any) -> Non
         seq, batch = int.from_bytes(message[:8], "big"), Batch.decode(key, message[8:])
         began = progress[2] = time.time()
         progress[3], progress[1], progress[0] = 0, 0, seq
+        if seq <= progress[4]:
+            continue  # withdrawn while queued here: another worker runs it
         try:
             refusal = mismatch(batch.versions)
             if refusal:

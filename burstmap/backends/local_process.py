@@ -24,7 +24,7 @@ from typing import Any
 __all__ = ["READY", "WorkerProcess"]
 
 READY = b"ready"
-_PROGRESS_SLOTS = 4
+_PROGRESS_SLOTS = 5
 _BOOT = ("import sys; sys.path[:] = sys.argv[4:]; "
          "from burstmap.backends.local_process import _child_main; _child_main(*map(int, sys.argv[1:4]))")
 
@@ -35,7 +35,7 @@ class WorkerProcess:
     """Runs ``setup(*args)`` in a new interpreter, then the function it returns with a pipe and shared progress.
 
     ``conn`` is the parent's end of the pipe (the child sends `READY` once set up), ``progress`` is
-    an array of four doubles both sides see, and ``sentinel`` becomes readable when the child ends;
+    an array of five doubles both sides see, and ``sentinel`` becomes readable when the child ends;
     ``pid``, ``exitcode``, ``is_alive``, ``join`` and ``kill`` behave as on `multiprocessing.Process`.
     """
 
