@@ -28,8 +28,8 @@ from .retry import Retrying
 from .serialize import dumps_calls, dumps_function, seal
 from .storage import Patient
 from .storage.base import Storage
-from .watcher import Watcher, reportable
 from .versions import mismatch
+from .watcher import Watcher, reportable
 from .worker import Handler
 
 __all__ = ["Executor", "default_executor"]
