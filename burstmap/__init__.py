@@ -2,6 +2,8 @@
 
 from typing import Any
 
+__version__ = "0.1.0"  # first: modules imported below read it
+
 from .backends.base import Backend
 from .call import CallId, current_call
 from .config import Config, load_config
@@ -21,8 +23,6 @@ from .executor import Executor, default_executor
 from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, ResponseFuture, as_completed, get_all_results, wait
 from .scratch import Scratch
 from .storage.base import Storage
-
-__version__ = "0.1.0"
 
 
 def attach(job_id: str, resume: bool = False) -> list[ResponseFuture]:

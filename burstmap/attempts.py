@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from .errors import CallTimeoutError, KeyNotFoundError, PayloadRejectedError, WorkerDiedError
 from .job import Batch, CallState, Layout, Task, call_name, finished_calls
 from .storage.base import Storage
+from .versions import mismatch
 from .worker import Handler
 
 __all__ = ["Attempts", "OUTAGE_EXIT", "how_it_ended"]
@@ -64,11 +65,18 @@ class Attempts:
     def begin(self, batch: Batch, delivery: int | None = None) -> list[Task]:
         """Start a delivery of ``batch``: the tasks still to run, with their attempt numbers.
 
+        A batch of a job submitted on other Python, cloudpickle or burstmap versions runs nothing:
+        each call gets a ``rejected`` record naming both sides' versions.
+
         ``delivery`` is the transport's count (a queue's delivery count), or ``None`` to count the
         deliveries through their markers (Dask). A first delivery costs no store operation when the
         transport counts; a later one lists the batch's statuses, writes its marker, and settles the
         call the lost delivery died in (a re-run, or a ``died`` record once out of retries).
         """
+        refusal = mismatch(batch.versions)
+        if refusal:
+            self.rejected(list(batch.tasks), refusal)
+            return []
         layout = Layout(batch.prefix, batch.job_id)
         if delivery is None:
             delivery = 1

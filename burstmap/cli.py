@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, NoReturn
-from urllib.parse import urlsplit, urlunsplit
 
 import click
 import yaml
@@ -30,16 +29,17 @@ from .config import Config, config_path, load_config, secret_key_path
 from .errors import BurstmapError, JobNotFoundError
 from .executor import Executor
 from .job import Layout
+from .lease import expired
+from .redact import redact
 from .stats import CALL_FIELDS, FAILED_STATES, JobRecords, JobSummary, job_stats, list_jobs
 from .storage.base import Storage
-from .storage.url import open_store
 
 __all__ = ["main", "Session", "pass_session"]
 
-_SECRET_WORDS = ("secret", "password", "key")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 #: A job with pending calls counts as running if it was submitted or finished a call this recently.
 RUNNING_WINDOW = 3600.0
+_STRAGGLERS_SHOWN = 5
 
 
 def _one_line(error: BaseException) -> str:
@@ -98,8 +98,8 @@ class Session:
 
     @cached_property
     def config(self) -> Config:
-        """The configuration, loaded the normal way, with ``--prefix`` applied."""
-        return load_config(prefix=self.prefix_override)
+        """The configuration, loaded the normal way, with ``--store`` and ``--prefix`` applied."""
+        return load_config(storage=self.store_url, prefix=self.prefix_override)
 
     @property
     def prefix(self) -> str:
@@ -108,15 +108,8 @@ class Session:
 
     @cached_property
     def storage(self) -> Storage:
-        """The store named by ``--store``, else the configured one."""
-        if self.store_url:
-            url = self.store_url if self.store_url.endswith("/") else self.store_url + "/"
-            store, key = open_store(url)
-            if key.strip("/"):
-                raise click.UsageError(f"--store names a store, not a key in it ({key!r}): use --prefix for that")
-            return store
-        component = self.config.storage
-        return registry.load("storage", component.name)(**component.options)
+        """The store named by ``--store`` (with the options configured for its kind), else the configured one."""
+        return registry.build("storage", self.config.storage.name, self.config.storage.options)
 
     def job(self, job_id: str) -> JobRecords:
         """Load a job's manifest and records; unknown ids become a one-line error."""
@@ -127,8 +120,8 @@ pass_session = click.make_pass_decorator(Session)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", metavar="URL", help="The store to use (file:///dir, s3://bucket, redis://host:port/db), "
-              "instead of the configured one.")
+@click.option("--store", metavar="URL", help="The store to use (file:///dir, /dir, s3://bucket, redis://host:port/db), "
+              "instead of the configured one; it keeps the options configured for its kind (an S3 endpoint).")
 @click.option("--prefix", metavar="PREFIX", help="The key prefix of jobs in the store (default from config).")
 @click.version_option(package_name="burstmap")
 @click.pass_context
@@ -147,10 +140,23 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}s"
 
 
-def _is_running(job: JobSummary, now: float) -> bool:
-    """Pending calls, and activity within `RUNNING_WINDOW` (or the job's call timeout, if longer)."""
+def _liveness(job: JobSummary, storage: Storage, now: float) -> str:
+    """``finished``; ``running`` while its client's lease holds; ``abandoned`` once it ran out with calls
+    unfinished. A job without a lease (older burstmap) is ``running`` while it was submitted or
+    finished a call within `RUNNING_WINDOW` (or its call timeout, if longer), else ``stalled``.
+    """
+    if job.pending == 0:
+        return "finished"
+    gone = expired(storage, job.layout, now)
+    if gone is not None:
+        return "abandoned" if gone else "running"
     last = max(job.submitted, job.last_end or 0.0)
-    return job.pending > 0 and now - last < max(RUNNING_WINDOW, job.timeout or 0.0)
+    return "running" if now - last < max(RUNNING_WINDOW, job.timeout or 0.0) else "stalled"
+
+
+def _resume_hint(job: JobSummary) -> str:
+    return (f"job {job.job_id} is abandoned: its client stopped watching with {job.pending} calls "
+            f"unfinished; finish it with burstmap.attach({job.job_id!r}, resume=True)")
 
 
 # ---- config ---------------------------------------------------------------------------------------
@@ -201,33 +207,22 @@ def config_init(force: bool) -> None:
     click.echo(f"wrote {path}")
 
 
-def _redact(value: Any, name: str = "") -> Any:
-    """Hide secrets: values of options named like a secret, and passwords inside URLs."""
-    if isinstance(value, dict):
-        return {k: _redact(v, str(k)) for k, v in value.items()}
-    if value not in (None, "") and any(word in name.lower() for word in _SECRET_WORDS):
-        return "***"
-    if isinstance(value, str) and "://" in value:
-        parts = urlsplit(value)
-        if parts.password:
-            return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
-    return value
-
-
 @config_group.command("show")
 @pass_session
 def config_show(session: Session) -> None:
     """Print the effective configuration (file, environment, options), secrets hidden."""
     cfg = session.config
+    registry.check("backend", cfg.backend.name, cfg.backend.options)  # what the executor would refuse
+    registry.check("storage", cfg.storage.name, cfg.storage.options)
     path = config_path()
     shown = {
         "backend": {"name": cfg.backend.name, **cfg.backend.options},
-        "storage": session.store_url or {"name": cfg.storage.name, **cfg.storage.options},
+        "storage": {"name": cfg.storage.name, **cfg.storage.options},
         "prefix": cfg.prefix, "timeout": cfg.timeout, "worker_retries": cfg.worker_retries,
         "progress": "auto" if cfg.progress is None else cfg.progress,
         "secret_key": cfg.secret_key,
     }
-    shown = _redact(shown)
+    shown = redact(shown)
     if not cfg.secret_key:
         shown["secret_key"] = f"(generated into {secret_key_path()})"
     click.echo(f"# {path} ({'read' if path.exists() else 'missing: defaults'}), then the environment")
@@ -242,12 +237,12 @@ def _table(rows: list[list[str]]) -> Iterator[str]:
         yield "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
 
 
-def _job_row(job: JobSummary, now: float) -> list[str]:
+def _job_row(job: JobSummary, storage: Storage, now: float) -> list[str]:
     counts = job.counts
     if job.pending == 0 and job.last_end is not None:
         duration = _seconds(job.last_end - job.submitted)
     else:
-        duration = "running" if _is_running(job, now) else "stalled"
+        duration = _liveness(job, storage, now)
     return [job.job_id, job.function, str(counts["ok"]), str(sum(counts[s] for s in FAILED_STATES)),
             str(job.pending), str(counts["corrupt"]), _when(job.submitted), duration]
 
@@ -260,7 +255,7 @@ def jobs_command(session: Session) -> None:
     now = time.time()
     for job in list_jobs(session.storage, session.config.secret(), session.prefix):
         if isinstance(job, JobSummary):
-            rows.append(_job_row(job, now))
+            rows.append(_job_row(job, session.storage, now))
         else:
             rows.append([job[0], f"(unreadable manifest: {job[1]})", "-", "-", "-", "-", "-", "-"])
     if len(rows) == 1:
@@ -270,6 +265,7 @@ def jobs_command(session: Session) -> None:
 
 
 def _follow(job: JobRecords, interval: float) -> None:
+    """A progress bar until every call has finished or the job is abandoned."""
     from tqdm import tqdm
     finished = job.manifest.n_calls - job.pending
     with tqdm(total=job.manifest.n_calls, initial=finished, unit="call", desc=job.manifest.job_id,
@@ -279,7 +275,7 @@ def _follow(job: JobRecords, interval: float) -> None:
             bar.update(job.manifest.n_calls - job.pending - bar.n)
             bar.set_postfix(done=counts["ok"], failed=sum(counts[s] for s in FAILED_STATES),
                             running_or_queued=job.pending, refresh=False)
-            if job.pending == 0:
+            if _liveness(job.summary(), job.storage, time.time()) in ("finished", "abandoned"):
                 break
             time.sleep(interval)
             job.refresh()
@@ -287,12 +283,13 @@ def _follow(job: JobRecords, interval: float) -> None:
 
 @main.command("status")
 @click.argument("job_id", metavar="JOB")
-@click.option("--follow", "-f", is_flag=True, help="Show a progress bar until every call has finished.")
+@click.option("--follow", "-f", is_flag=True, help="Show a progress bar until every call has finished "
+              "(or the job is abandoned).")
 @click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
               help="Seconds between polls with --follow.")
 @pass_session
 def status_command(session: Session, job_id: str, follow: bool, interval: float) -> None:
-    """Count a job's calls by state (pending means queued or running)."""
+    """Count a job's calls by state (pending means queued or running), and say if it was abandoned."""
     job = session.job(job_id)
     if follow:
         _follow(job, interval)
@@ -301,6 +298,9 @@ def status_command(session: Session, job_id: str, follow: bool, interval: float)
     for state, count in job.counts().items():
         if count or state in ("ok", "pending"):
             click.echo(f"  {state:<9} {count}")
+    summary = job.summary()
+    if _liveness(summary, job.storage, time.time()) == "abandoned":
+        raise click.ClickException(_resume_hint(summary))
 
 
 # ---- results, logs ------------------------------------------------------------------------------------
@@ -342,9 +342,14 @@ def results_command(session: Session, job_id: str, out: str | None) -> None:
         for call_id, state, value in outcomes:
             shown = f"{type(value).__name__}: {_one_line(value)}" if isinstance(value, BaseException) else repr(value)
             click.echo(f"{call_id}\t{state}\t{shown}")
-    bad = sum(isinstance(value, BaseException) for _, _, value in outcomes)
-    if bad:
-        _fail(f"{bad} of {len(outcomes)} calls failed")
+    failed = sum(isinstance(value, BaseException) and state != "corrupt" for _, state, value in outcomes)
+    unverified = sum(state == "corrupt" for _, state, _ in outcomes)
+    said = [f"{failed} of {len(outcomes)} calls failed"] if failed else []
+    if unverified:
+        said.append(f"{unverified} of {len(outcomes)} calls could not be verified: wrong key? (their records fail "
+                    "HMAC verification: signed with another secret key, or altered)")
+    if said:
+        _fail("; ".join(said))
 
 
 def _fail(message: str) -> NoReturn:
@@ -405,8 +410,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary["cost"] is not None:
         lines.append(f"lambda cost  ${summary['cost']:.6f} ({summary['gb_seconds']:.2f} GB-s, compute only)")
     click.echo("\n".join(lines))
-    for s in summary["stragglers"]:
+    stragglers = summary["stragglers"]
+    for s in stragglers[:_STRAGGLERS_SHOWN]:
         click.echo(f"straggler    call {s['call_id']}: {_seconds(s['duration'])} on {s['worker']}")
+    if len(stragglers) > _STRAGGLERS_SHOWN:
+        click.echo(f"stragglers   {len(stragglers) - _STRAGGLERS_SHOWN} more, the slowest shown above "
+                   "(--csv lists every call)")
 
 
 @main.command("stats")
@@ -482,12 +491,12 @@ def clean_command(session: Session, job_id: str | None, older_than: float | None
                   yes: bool, force: bool) -> None:
     """Delete jobs from the store: one JOB, those older than a duration, or all.
 
-    A job still running (calls pending and activity within the last hour, or its call timeout) is
-    kept unless --force.
+    A job still running (calls pending and its client watching, or for older jobs activity within
+    the last hour) is kept unless --force; an abandoned one is deleted.
     """
     jobs = _chosen(session, job_id, older_than, all_jobs)
     now = time.time()
-    running = [j for j in jobs if not force and _is_running(j, now)]
+    running = [j for j in jobs if not force and _liveness(j, session.storage, now) == "running"]
     jobs = [j for j in jobs if j not in running]
     for job in running:
         click.echo(f"Error: job {job.job_id} is still running ({job.pending} calls pending); "

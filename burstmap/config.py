@@ -14,29 +14,48 @@ The file is ``$BURSTMAP_CONFIG`` or ``config.yaml`` in the per-user config direc
 
 Environment variables override it: ``BURSTMAP_BACKEND``, ``BURSTMAP_STORAGE``, ``BURSTMAP_PREFIX``,
 ``BURSTMAP_TIMEOUT``, ``BURSTMAP_WORKER_RETRIES``, ``BURSTMAP_OUTAGE_LIMIT``, ``BURSTMAP_PROGRESS``,
-``BURSTMAP_MAP_ITEM_LIMIT``, ``BURSTMAP_SECRET_KEY``, and ``BURSTMAP_BACKEND_<OPTION>`` / ``BURSTMAP_STORAGE_<OPTION>`` for one option
-of the backend or store.
+``BURSTMAP_MAP_ITEM_LIMIT``, ``BURSTMAP_SECRET_KEY``, and ``BURSTMAP_BACKEND_<OPTION>`` / ``BURSTMAP_STORAGE_<OPTION>``
+for one option of the backend or store (used only when the chosen backend or store takes that option).
+Other ``BURSTMAP_*`` variables are not burstmap's settings and are left alone.
+
+A backend or store is a name (``s3``), a mapping (``{name: s3, bucket: b}``) or where it is: a store
+URL or path (``s3://bucket``, ``redis://host:6379/0``, ``file:///dir``, ``/dir``, ``./dir``) or a
+backend URL (``tcp://scheduler:8786`` for Dask, ``redis://...`` or ``sqs://...`` for the queue of
+``standalone`` workers). Named so, it keeps the options configured for the same name (an
+``s3://bucket`` keeps the configured endpoint and credentials).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import platformdirs
 import yaml
 
+from . import registry
 from .errors import ConfigError
+from .redact import redact, redact_url
 
 __all__ = ["Config", "Component", "load_config", "config_path", "secret_key_path"]
 
+log = logging.getLogger(__name__)
 _ENV_PREFIX = "BURSTMAP_"
 _NOT_SETTINGS = {"CONFIG"}
+#: URL scheme -> (the backend or store it names, the option the URL fills)
+_SCHEMES: dict[str, dict[str, tuple[str, str]]] = {
+    "storage": {"file": ("local", "path"), "s3": ("s3", "bucket"), "redis": ("redis", "url"),
+                "rediss": ("redis", "url")},
+    "backend": {"tcp": ("dask", "address"), "tls": ("dask", "address"), "redis": ("standalone", "queue"),
+                "rediss": ("standalone", "queue"), "sqs": ("standalone", "queue")},
+}
 
 
 @dataclass(frozen=True)
@@ -48,18 +67,51 @@ class Component:
 
     @classmethod
     def parse(cls, value: Any, what: str) -> Component:
-        """Read ``local`` or ``{name: local, option: value, ...}``."""
+        """Read ``local``, ``{name: local, option: value, ...}``, or a URL or path (see the module's doc)."""
         if isinstance(value, Component):
             return value
+        if isinstance(value, os.PathLike) or isinstance(value, str) and value.startswith(("/", "./", "../", "~")):
+            if what == "storage":
+                return cls("local", {"path": str(Path(value).expanduser().resolve())})
+        if isinstance(value, str) and "://" in value:
+            return _from_url(value, what)
         if isinstance(value, str):
             return cls(value)
         if isinstance(value, Mapping) and isinstance(value.get("name"), str):
             return cls(value["name"], {k: v for k, v in value.items() if k != "name"})
-        raise ConfigError(f"{what} must be a name or a mapping with a 'name' key, not {value!r}")
+        raise ConfigError(f"{what} must be a name or a mapping with a 'name' key, not {redact(value)!r}")
 
     def with_option(self, key: str, value: Any) -> Component:
         """Return a copy with one option set."""
         return Component(self.name, {**self.options, key: value})
+
+    def __repr__(self) -> str:
+        return f"Component(name={self.name!r}, options={redact(self.options)!r})"
+
+
+def _from_url(url: str, what: str) -> Component:
+    """The backend or store a URL names, with the option it fills."""
+    parts = urlsplit(url)
+    if parts.scheme not in _SCHEMES[what]:
+        known = ", ".join(f"{scheme}://" for scheme in _SCHEMES[what])
+        raise ConfigError(f"{what} URL {redact_url(url)!r}: unknown scheme; known: {known}")
+    name, option = _SCHEMES[what][parts.scheme]
+    if what == "backend":
+        return Component(name, {option: url})
+    path = unquote(parts.path)
+    if name == "local":
+        if parts.netloc not in ("", "localhost") or not path.startswith("/"):
+            raise ConfigError(f"storage URL {url!r} must be file:///absolute/dir")
+        return Component(name, {option: path})
+    if name == "s3":
+        if not parts.netloc or path.strip("/"):
+            raise ConfigError(f"storage URL {url!r} must name a bucket and nothing in it: s3://bucket "
+                              "(set prefix for a folder)")
+        return Component(name, {option: parts.netloc})
+    db = path.strip("/")
+    if not db.isdigit() and db:
+        raise ConfigError(f"storage URL {redact_url(url)!r} must name a database and nothing in it: redis://host:port/0")
+    return Component(name, {option: urlunsplit(parts._replace(path=f"/{db or 0}", fragment=""))})
 
 
 @dataclass(frozen=True)
@@ -87,6 +139,8 @@ class Config:
             raise ConfigError(f"map_item_limit must be a positive integer, not {self.map_item_limit!r}")
         if not isinstance(self.prefix, str) or not self.prefix or self.prefix.startswith("/"):
             raise ConfigError(f"prefix must be a relative key prefix, not {self.prefix!r}")
+        if self.progress not in (None, True, False):
+            raise ConfigError(f"progress must be auto, true or false, not {self.progress!r}")
 
     def secret(self) -> bytes:
         """The HMAC key that signs payloads: configured, or generated once per user."""
@@ -158,11 +212,19 @@ def _read_env(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 options[part][name[len(part) + 1:]] = value
                 break
         else:
-            if name not in _FIELDS:
-                raise ConfigError(f"unknown environment variable {var}; known: BURSTMAP_CONFIG, "
-                                  + ", ".join(_ENV_PREFIX + f.upper() for f in sorted(_FIELDS)))
-            settings[name] = value
+            if name in _FIELDS:
+                settings[name] = value
+            else:
+                log.debug("burstmap: %s is not a setting; ignored", var)
     return options
+
+
+def _without_foreign(component: Component, part: str, from_env: Mapping[str, Any]) -> Component:
+    """Drop the options the environment set that the chosen backend or store does not take."""
+    foreign = {k for k in from_env if not registry.accepts(part, component.name, k)}
+    if not foreign:
+        return component
+    return Component(component.name, {k: v for k, v in component.options.items() if k not in foreign})
 
 
 def load_config(**overrides: Any) -> Config:
@@ -177,14 +239,15 @@ def load_config(**overrides: Any) -> Config:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_FIELDS))}")
     for part in ("backend", "storage"):
-        if isinstance(overrides.get(part), str):
+        if isinstance(overrides.get(part), (str, os.PathLike)):
+            named = Component.parse(overrides[part], part)
             current = Component.parse(settings.get(part, "local"), part)
-            same = overrides[part] == current.name
-            overrides[part] = Component(overrides[part], current.options if same else env_options[part])
+            kept = current.options if named.name == current.name else env_options[part]
+            overrides[part] = Component(named.name, {**kept, **named.options})
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if settings.get("progress") == "auto":
         settings["progress"] = None
     for part in ("backend", "storage"):
         if part in settings:
-            settings[part] = Component.parse(settings[part], part)
+            settings[part] = _without_foreign(Component.parse(settings[part], part), part, env_options[part])
     return Config(**settings)

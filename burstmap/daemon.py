@@ -23,13 +23,13 @@ from typing import Any
 
 import click
 
+from . import registry
 from .attempts import Attempts
 from .child import CallProcess
 from .config import load_config
 from .errors import PayloadRejectedError
 from .job import Batch, Layout
 from .queues import Message, Queue, QueueError, open_queue
-from .storage import open_store
 from .storage.base import Storage
 
 __all__ = ["Daemon", "worker"]
@@ -191,14 +191,15 @@ def worker(queue_url: str, store_url: str, concurrency: int, idle_timeout: float
     The HMAC key comes from BURSTMAP_SECRET_KEY or the burstmap config, as on the client.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
-    storage, _ = open_store(store_url)
-    queue = open_queue(queue_url)
     try:
+        config = load_config(storage=store_url)
+        storage = registry.build("storage", config.storage.name, config.storage.options)
+        queue = open_queue(queue_url)
         storage.check()
         queue.check()
     except Exception as e:
         raise click.ClickException(str(e)) from None
-    Daemon(queue, storage, load_config().secret(), concurrency, idle_timeout).run()
+    Daemon(queue, storage, config.secret(), concurrency, idle_timeout).run()
 
 
 @click.group()

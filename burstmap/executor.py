@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import functools
-import inspect
 import itertools
+import os
 import secrets
 import socket
+import sys
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -20,8 +21,9 @@ from . import registry, stats
 from .backends.base import Backend
 from .call import Spread, WithEnv
 from .config import Config, load_config
-from .errors import ConfigError, ExecutorShutdownError
+from .errors import ConfigError, ExecutorShutdownError, PayloadRejectedError
 from .future import ResponseFuture
+from .interrupt import interrupted, notice_ctrl_c
 from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manifest, new_job_id
 from .partition import is_data_source, pieces
 from .retry import Retrying
@@ -29,6 +31,7 @@ from .scratch import Scratch
 from .serialize import dumps_calls, dumps_function, excluding, seal
 from .storage import Patient
 from .storage.base import Storage
+from .versions import mismatch
 from .watcher import Watcher, reportable
 from .worker import Handler, Trailing
 
@@ -37,33 +40,24 @@ __all__ = ["Executor", "default_executor"]
 
 def _build(kind: str, value: Any, base: type) -> Any:
     """An instance passed in is used as is; a name is looked up in the registry with its options."""
-    if isinstance(value, base):
-        return value
-    cls = registry.load(kind, value.name)
-    params = inspect.signature(cls).parameters
-    unknown = set(value.options) - set(params)
-    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        raise ConfigError(f"{kind} {value.name!r} has no option(s) {', '.join(sorted(unknown))}; "
-                          f"it takes: {', '.join(params) or 'none'}")
-    try:
-        return cls(**value.options)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{kind} {value.name!r}: {e}") from None
+    return value if isinstance(value, base) else registry.build(kind, value.name, value.options)
 
 
 class Executor(cf.Executor):
     """Runs calls of plain Python functions on a backend, with function, inputs and results in a store.
 
     Args:
-        backend: a `Backend`, the registered name of one (options then come from the config), or a
-            mapping ``{"name": ..., option: value}``.
-        storage: a `Storage`, or a name or mapping as for ``backend``.
+        backend: a `Backend`, the registered name of one (options then come from the config), a
+            mapping ``{"name": ..., option: value}``, or a URL (``tcp://scheduler:8786`` for Dask,
+            ``redis://...`` or ``sqs://...`` for the queue of stand-alone workers).
+        storage: a `Storage`, a name or mapping as for ``backend``, a URL (``s3://bucket``,
+            ``redis://host:6379/0``, ``file:///dir``) or a path.
         settings: any other `Config` field (``prefix``, ``timeout``, ``worker_retries``, ``progress``,
             ``secret_key``); they override the config file and environment.
     """
 
     def __init__(self, backend: Backend | str | Mapping[str, Any] | None = None,
-                 storage: Storage | str | Mapping[str, Any] | None = None,
+                 storage: Storage | str | os.PathLike | Mapping[str, Any] | None = None,
                  **settings: Any) -> None:
         self.config: Config = load_config(
             backend=None if isinstance(backend, Backend) else backend,
@@ -88,12 +82,13 @@ class Executor(cf.Executor):
                 self.storage.check()
                 self.backend.start(self.storage, self._key, self._watcher)
                 self._started = True
+                notice_ctrl_c(_busy)
 
     def _submit_job(self, func: Callable, calls: Iterable[tuple[tuple, dict]], timeout: float | None,
                     worker_retries: int | None, kind: str = "map", job_id: str | None = None,
                     name: str | None = None) -> list[ResponseFuture]:
         job_id = job_id or new_job_id()
-        func_blob = seal(self._key, f"{job_id}/func", dumps_function(func))
+        func_blob = seal(self._key, f"{job_id}/func", dumps_function(func, self.backend.imports_client_modules))
         data, offsets = dumps_calls(calls, self._key, job_id)
         if len(offsets) == 1:
             return []
@@ -131,10 +126,14 @@ class Executor(cf.Executor):
         return [ResponseFuture(layout, i, self.storage, self.config.progress, shared) for i in range(n_calls)]
 
     def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (), timeout: float | None = None,
-                   extra_env: Mapping[str, str] | None = None, exclude_modules: Iterable[str] = ()) -> ResponseFuture:
-        """Run ``func(data, *extra_args)`` as one call; return its future at once (options as for `map`)."""
+                   worker_retries: int | None = None, retries: int = 0,
+                   retry_on: tuple[type[BaseException], ...] = (Exception,), extra_env: Mapping[str, str] | None = None,
+                   exclude_modules: Iterable[str] = ()) -> ResponseFuture:
+        """Run ``func(data, *extra_args)`` as one call; return its future at once (arguments as for `map`)."""
+        calls = [((data, *extra_args), {})]
         with excluding(exclude_modules):
-            return self._submit_job(_with_env(func, extra_env), [((data, *extra_args), {})], timeout, None)[0]
+            return self._submit_job(_with_env(_retrying(func, retries, retry_on), extra_env), calls, timeout,
+                                    worker_retries, name=_qualname(func))[0]
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ResponseFuture:
         """Run ``fn(*args, **kwargs)`` as one call, like `concurrent.futures.Executor.submit`."""
@@ -168,8 +167,7 @@ class Executor(cf.Executor):
             raise ConfigError("chunk_size applies only to data: a storage URL, a directory or a list of URLs")
         extra = tuple(extra_args)
         name = _qualname(func)
-        if retries:
-            func = Retrying(func, retries, tuple(retry_on))
+        func = _retrying(func, retries, retry_on)
         if extra:
             func = Trailing(func, extra)
         with excluding(exclude_modules):
@@ -268,10 +266,11 @@ class Executor(cf.Executor):
                    extra_args: Iterable[Any] = (), timeout: float | None = None, **map_options: Any) -> ResponseFuture:
         """Map ``map_func`` over ``iterdata``, then run ``reduce_func(results)`` as one more call.
 
-        ``map_options`` are those of `map` (``chunk_size`` to split data, ``extra_env``, ``retries``...).
+        ``map_options`` are those of `map` (``worker_retries``, ``retries``, ``retry_on``, ``chunk_size``,
+        ``newline_aligned``, ``extra_env``...); ``timeout`` applies to the reduce call too.
         """
-        futures = self.map(map_func, iterdata, extra_args, timeout, **map_options)
-        return self.reduce(reduce_func, futures, timeout=timeout)
+        mapped = self.map(map_func, iterdata, extra_args, timeout, **map_options)
+        return self.reduce(reduce_func, mapped, timeout=timeout)
 
     def scratch(self, name: str | None = None) -> Scratch:
         """A folder of named objects in this executor's store that calls can write and read (see `Scratch`).
@@ -313,6 +312,9 @@ class Executor(cf.Executor):
         Raises whatever the call raises.
         """
         manifest = self.manifest(job_id)
+        refusal = mismatch(manifest.versions, who="this process")
+        if refusal:
+            raise PayloadRejectedError(f"cannot replay call {call_id} of job {job_id}: {refusal}")
         if not 0 <= call_id < manifest.n_calls:
             raise ValueError(f"job {job_id} has calls 0 to {manifest.n_calls - 1}, not {call_id}")
         start, end = manifest.data_range(call_id)
@@ -353,6 +355,11 @@ class Executor(cf.Executor):
 
     def __repr__(self) -> str:
         return f"Executor(backend={self.backend!r}, storage={self.storage!r}, id={self.executor_id!r})"
+
+
+def _retrying(func: Callable, retries: int, retry_on: tuple[type[BaseException], ...]) -> Callable:
+    """``func``, retried inside the worker on the exceptions ``retry_on`` up to ``retries`` times."""
+    return Retrying(func, retries, tuple(retry_on)) if retries else func
 
 
 def _shutdown_error(job_id: str) -> ExecutorShutdownError:
@@ -438,9 +445,24 @@ _live: weakref.WeakSet[Executor] = weakref.WeakSet()
 
 
 def _shut_down_live_executors() -> None:
-    """At interpreter exit, like `concurrent.futures`: wait for every live executor's calls, then stop it."""
+    """At interpreter exit, like `concurrent.futures`: wait for every live executor's calls, then stop it.
+
+    After Ctrl-C, do not wait: cancel what no worker took, stop, and say how to resume each job.
+    """
     for executor in list(_live):
-        executor.shutdown(wait=True)
+        if not interrupted():
+            executor.shutdown(wait=True)
+            continue
+        jobs = Counter(f.job_id for f in executor._watcher.pending())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for job_id, unfinished in jobs.items():
+            print(f"burstmap: interrupted; job {job_id} has {unfinished} calls unfinished: "
+                  f"finish it with burstmap.attach({job_id!r}, resume=True)", file=sys.stderr)
+
+
+def _busy() -> bool:
+    """Whether any live executor has calls in flight."""
+    return any(executor._watcher.pending() for executor in list(_live))
 
 
 threading._register_atexit(_shut_down_live_executors)  # type: ignore[attr-defined]  # as concurrent.futures.thread

@@ -252,7 +252,10 @@ def wait(futures: Iterable[cf.Future], return_when: str = ALL_COMPLETED, timeout
         pass
     finally:
         bar.close()
-    return _in_order(futures)
+    outcome = _in_order(futures)
+    print(f"burstmap: {len(outcome.done)} of {len(futures)} calls done ({failed} failed) in "
+          f"{bar.format_dict['elapsed']:.1f}s", file=sys.stderr)
+    return outcome
 
 
 def get_all_results(futures: Iterable[cf.Future], return_exceptions: bool = False,

@@ -31,6 +31,7 @@ from typing import Any
 
 from .errors import BurstmapError, JobNotFoundError, KeyNotFoundError, PayloadRejectedError
 from .serialize import MAC_SIZE, load_stream, seal, unseal
+from .versions import RUNTIME
 
 __all__ = ["Batch", "CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "Task", "call_ids_of",
            "call_name", "decode_records", "encode_records", "finished_calls", "load_manifest", "load_output",
@@ -101,6 +102,11 @@ class Layout:
     def status_prefix(self) -> str:
         return self.root + "status/"
 
+    @property
+    def lease(self) -> str:
+        """The client's lease on the job (see `burstmap.lease`)."""
+        return self.root + "lease"
+
     def status_chunk(self, chunk: int) -> str:
         """The prefix of the statuses of calls ``chunk * 1000`` to ``chunk * 1000 + 999``: one LIST page."""
         return f"{self.status_prefix}{chunk}/"
@@ -133,6 +139,7 @@ class Manifest:
     timeout: float | None = None
     worker_retries: int = 2
     kind: str = "map"
+    versions: dict[str, str] = field(default_factory=lambda: dict(RUNTIME), compare=False)  # of the client
 
     @property
     def n_calls(self) -> int:
@@ -194,6 +201,7 @@ class Batch:
     timeout: float | None = None
     worker_retries: int = 2
     delivery: str = field(default_factory=lambda: secrets.token_hex(8))
+    versions: Mapping[str, str] | None = field(default=None, compare=False)  # of the client, from the manifest
 
     @classmethod
     def of(cls, manifest: Manifest, call_ids: Iterable[int], attempts: Mapping[int, int] | None = None) -> Batch:
@@ -201,14 +209,15 @@ class Batch:
         attempts = attempts or {}
         tasks = tuple(Task(manifest.prefix, manifest.job_id, c, *manifest.data_range(c), attempts.get(c, 1))
                       for c in call_ids)
-        return cls(manifest.prefix, manifest.job_id, tasks, manifest.timeout, manifest.worker_retries)
+        return cls(manifest.prefix, manifest.job_id, tasks, manifest.timeout, manifest.worker_retries,
+                   versions=manifest.versions)
 
     def encode(self, key: bytes) -> bytes:
         """``<hex MAC>.<JSON>``: JSON, never a pickle, signed with the job's key."""
         body = json.dumps({
             "v": 2, "prefix": self.prefix, "job": self.job_id, "timeout": self.timeout,
             "worker_retries": self.worker_retries, "delivery": self.delivery,
-            "calls": [[t.call_id, t.start, t.end, t.attempt] for t in self.tasks],
+            "calls": [[t.call_id, t.start, t.end, t.attempt] for t in self.tasks], "versions": self.versions,
         }, separators=(",", ":")).encode()
         return seal(key, "batch", body)[:MAC_SIZE].hex().encode() + b"." + body
 
@@ -224,7 +233,10 @@ class Batch:
             if not tasks:
                 raise ValueError("no calls")
             timeout = None if fields["timeout"] is None else float(fields["timeout"])
-            return cls(prefix, job, tasks, timeout, int(fields["worker_retries"]), str(fields["delivery"]))
+            versions = fields.get("versions")
+            if versions is not None and not isinstance(versions, dict):
+                raise TypeError("versions is not a mapping")
+            return cls(prefix, job, tasks, timeout, int(fields["worker_retries"]), str(fields["delivery"]), versions)
         except PayloadRejectedError:
             raise
         except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, RecursionError) as e:

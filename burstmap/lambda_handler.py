@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
+from .versions import mismatch
 from .attempts import Attempts
 from .aws import LambdaError
 from .child import CallProcess
@@ -184,14 +185,18 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         raise ConfigError("the function has no BURSTMAP_SECRET_KEY variable; redeploy with: burstmap lambda deploy")
     worker = _handler(event["store"], secret)
     blob = str(event.get("batch", "")).encode()
-    mismatch = _mismatch(event)
-    if mismatch:
-        worker.refuse(blob, mismatch)
-        return {"calls": 0, "error": mismatch}
+    stale = _mismatch(event)
+    if stale:
+        worker.refuse(blob, stale)
+        return {"calls": 0, "error": stale}
     try:
         batch = worker.verify(blob)
     except PayloadRejectedError as e:
         reason = f"{e}; is the function's BURSTMAP_SECRET_KEY the same as the client's?"
+        worker.refuse(blob, reason)
+        return {"calls": 0, "error": reason}
+    reason = mismatch(batch.versions, who="the deployed function")
+    if reason:
         worker.refuse(blob, reason)
         return {"calls": 0, "error": reason}
     worker.serve(batch, context)

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError, KeyNotFoundError
 from .piece import DataPiece
+from .redact import redact_url
 from .storage.base import Storage
 from .storage.local import LocalStorage
 from .storage.url import SCHEMES, open_store
@@ -155,8 +156,6 @@ def _url(store: Storage, key: str) -> str:
     if store.name == "s3":
         return f"s3://{store.bucket}/{key}"
     if store.name == "redis":
-        from .storage.redis import redact_url
-
         return f"{redact_url(store.url)}/{key}"
     return f"{store!r}:{key}"
 
@@ -165,6 +164,4 @@ def _shown(source: Any) -> str:
     text = os.fspath(source) if isinstance(source, os.PathLike) else str(source)
     if urlsplit(text).password is None:
         return repr(text)
-    from .storage.redis import redact_url
-
     return repr(redact_url(text))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .errors import KeyNotFoundError, StorageError
 from .storage.base import Storage
+from .storage.ref import StoreRef
 
 __all__ = ["DataPiece", "BLOCK_SIZE"]
 
@@ -27,8 +28,9 @@ class DataPiece:
     """Bytes ``[start, end)`` of the object ``key`` (``size`` bytes long) that one call reads.
 
     ``storage`` is the store holding the object; ``None`` means the store of the worker running the
-    call (the executor's own store, which then never travels inside the call's input). ``url`` names
-    the object for people and never carries a password.
+    call (the executor's own store). A piece is pickled with a `StoreRef` in place of its store, so
+    no credential travels inside the call's input: the worker reopens the store with its own
+    (`bind`). ``url`` names the object for people and never carries a password.
     """
 
     url: str
@@ -39,12 +41,20 @@ class DataPiece:
     newline_aligned: bool = True
     storage: Storage | None = field(default=None, repr=False, compare=False)
     _bounds: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
+    _ref: StoreRef | None = field(default=None, init=False, repr=False, compare=False)
 
     def bind(self, storage: Storage) -> DataPiece:
-        """Give a piece without a store the store of the worker that runs it."""
+        """Give an unpickled piece its store, opened with the credentials of ``storage`` (the worker's)."""
         if self.storage is None:
-            self.storage = storage
+            self.storage = self._ref.open(storage) if self._ref else storage
         return self
+
+    def __getstate__(self) -> dict:
+        ref = StoreRef.of(self.storage) if self.storage is not None else None
+        state = self.__dict__.copy()
+        if ref is not None:
+            state.update(storage=None, _ref=ref)
+        return state
 
     def bounds(self) -> tuple[int, int]:
         """The byte range actually read: ``[start, end)``, moved to line ends when newline-aligned."""

@@ -8,6 +8,7 @@ with a wrong or missing seal, or copied from another job or call, is refused bef
 from __future__ import annotations
 
 import hmac
+import inspect
 import io
 import pickle
 import reprlib
@@ -19,7 +20,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any, BinaryIO
 
 import cloudpickle
@@ -152,15 +153,64 @@ def _user_modules_by_value() -> Iterator[None]:
                     cloudpickle.unregister_pickle_by_value(module)
 
 
-def dumps_function(func: Callable) -> bytes:
-    """Pickle a function with cloudpickle, shipping the user's own modules with it."""
+def dumps_function(func: Callable, modules_importable: bool = False) -> bytes:
+    """Pickle a function with cloudpickle, shipping the user's own modules with it.
+
+    A module whose globals hold state that cannot be pickled (a lock, a client, an open file) cannot
+    travel by value. When the workers can import the client's modules themselves
+    (``modules_importable``: the local backend, whose workers share its files and ``sys.path``), the
+    function is then pickled by reference, as `concurrent.futures.ProcessPoolExecutor` does; else
+    the error names the global and the ways out.
+    """
     if not callable(func):
         raise SerializationError(f"{func!r} is not callable")
     try:
         with _user_modules_by_value():
             return cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as e:
-        raise SerializationError(f"cannot pickle function {_name(func)}: {type(e).__name__}: {e}") from e
+        error = e
+    if modules_importable:
+        try:
+            return cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            pass
+    culprit = _unpicklable_global(func)
+    if culprit is None:
+        raise SerializationError(f"cannot pickle function {_name(func)}: {type(error).__name__}: {error}") from error
+    raise SerializationError(
+        f"cannot pickle function {_name(func)}: it uses {culprit}, which cannot be pickled ({error}); create it "
+        "inside the function (or once per worker, lazily), or install its module on the workers (pip install) "
+        "so they import it themselves") from error
+
+
+def _unpicklable_global(func: Any) -> str | None:
+    """``the global module.name (a Type)`` of the first global a function uses, directly or through the
+    functions it calls, that cannot be pickled; ``None`` if there is none."""
+    todo, seen = [getattr(func, "func", func)], set()
+    while todo:
+        current = todo.pop()
+        code, names = getattr(current, "__code__", None), getattr(current, "__globals__", {})
+        if code is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        for name in _global_names(code):
+            value = names.get(name)
+            if inspect.isfunction(value):
+                todo.append(value)
+            elif name in names and not isinstance(value, (type, ModuleType)):
+                try:
+                    cloudpickle.dumps(value)
+                except Exception:
+                    return f"the global {names.get('__name__')}.{name} (a {type(value).__name__})"
+    return None
+
+
+def _global_names(code: CodeType) -> Iterator[str]:
+    """The names a code object and the code nested in it (inner functions, comprehensions) may read as globals."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            yield from _global_names(const)
 
 
 def dumps_calls(calls: Iterable[Any], key: bytes, job_id: str) -> tuple[bytes, list[int]]:

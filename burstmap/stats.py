@@ -41,8 +41,10 @@ CALL_FIELDS = ("job_id", "call_id", "state", "attempt", "host", "worker", "pid",
 PRICE_PER_GB_SECOND = 0.0000166667
 #: States of a call that finished without a result.
 FAILED_STATES = frozenset(s.value for s in CallState if s is not CallState.OK)
-#: A call is a straggler when its duration exceeds this many times the median duration.
+#: A call is a straggler when its duration exceeds this many times the median duration...
 STRAGGLER_FACTOR = 2.0
+#: ...and the median by this many seconds (so that scheduler noise on quick calls is not one).
+STRAGGLER_MARGIN = 0.05
 _FETCHERS = 16
 
 
@@ -222,8 +224,8 @@ def summarize(rows: Sequence[dict[str, Any]], submitted: float) -> dict[str, Any
     ``overhead_fraction`` is ``1 - sum(compute) / sum(duration)`` over finished calls: the share of
     the time workers spent on calls that went to anything but the user's function (reading the
     function and input, unpickling, writing the result). Queue wait is not part of it.
-    ``stragglers`` are the finished calls whose duration exceeds `STRAGGLER_FACTOR` times the median,
-    slowest first. ``cost`` is the Lambda compute cost at `PRICE_PER_GB_SECOND` (None off Lambda).
+    ``stragglers`` are the finished calls whose duration exceeds `STRAGGLER_FACTOR` times the median
+    and the median by `STRAGGLER_MARGIN` seconds, slowest first. ``cost`` is the Lambda compute cost at `PRICE_PER_GB_SECOND` (None off Lambda).
     """
     finished = [r for r in rows if r["end"] is not None]
     states = Counter(r["state"] for r in rows)
@@ -232,7 +234,8 @@ def summarize(rows: Sequence[dict[str, Any]], submitted: float) -> dict[str, Any
     median = statistics.median(r["duration"] for r in finished) if finished else None
     lambda_rows = [r["gb_seconds"] for r in finished if r.get("gb_seconds") is not None]
     billed = sum(lambda_rows) if lambda_rows else None
-    slow = [r for r in finished if median is not None and r["duration"] > STRAGGLER_FACTOR * median]
+    slow = [r for r in finished if median is not None
+            and r["duration"] > max(STRAGGLER_FACTOR * median, median + STRAGGLER_MARGIN)]
     return {
         "calls": len(rows),
         "done": states[CallState.OK.value],

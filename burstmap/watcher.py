@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from .errors import BurstmapError, PayloadRejectedError, SerializationError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error
 from .job import CHUNK, CallState, Manifest, Record, RecordError, call_ids_of, decode_records, load_output
+from .lease import Leases
 from .stats import JobSummary
 from .storage.base import Storage
 
@@ -61,12 +62,15 @@ class _Job:
                 del self.chunks[call_id // CHUNK]
         return futures
 
-    def prune(self) -> None:
+    def prune(self) -> int:
         """Stop waiting for calls whose futures were all cancelled: no record will come for them. Their
-        waiters (`concurrent.futures.wait`) hear of it now, as a standard executor's would when it drops them."""
-        for call_id in [i for i, futures in self.calls.items() if all(f.done() for f in futures)]:
+        waiters (`concurrent.futures.wait`) hear of it now, as a standard executor's would when it drops
+        them. Return how many calls."""
+        cancelled = [i for i, futures in self.calls.items() if all(f.done() for f in futures)]
+        for call_id in cancelled:
             for future in self.pop(call_id):
                 future.take()
+        return len(cancelled)
 
 
 def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record) -> None:
@@ -126,6 +130,7 @@ class Watcher:
         self._wake = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
+        self._leases = Leases(storage)
 
     def watch(self, manifest: Manifest, futures: Iterable[ResponseFuture]) -> None:
         """Start watching futures of one job (a call may have several futures: the job was attached again)."""
@@ -172,6 +177,7 @@ class Watcher:
             thread.join()
         try:
             self._poll()
+            self._leases.end()  # the jobs with calls unfinished are abandoned now
         except Exception as e:
             log.warning("burstmap: could not read the last outcomes from %r while shutting down: %s",
                         self._storage, e)
@@ -264,11 +270,12 @@ class Watcher:
         """
         with self._lock:
             jobs = list(self._jobs.values())
+        self._leases.renew(job.layout for job in jobs)
         found, listing = 0, 0.0
         for job in jobs:
             with self._lock:
-                if prune:
-                    job.prune()
+                if prune and job.prune():
+                    self._leases.gave_up(job.layout.job_id)
                 chunks = sorted(job.chunks)
             for chunk in chunks:
                 began = time.perf_counter()
@@ -281,6 +288,7 @@ class Watcher:
                 if ended:
                     del self._jobs[job.layout.job_id]
             if ended:
+                self._leases.done(job.layout.job_id)
                 job.summary.store(self._storage, self._key)  # so that listing jobs never reads this job's records
         return found, listing
 

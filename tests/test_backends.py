@@ -240,3 +240,22 @@ def test_attach_from_a_fresh_process(executor, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str([x * x for x in range(20)])
+
+
+def leave_mark(path):
+    Path(path).write_text("ran")
+
+
+def test_a_job_from_other_versions_is_refused_before_anything_runs(executor, tmp_path):
+    marker = tmp_path / "ran"
+    with pytest.MonkeyPatch.context() as patch:  # a client on other versions than the workers'
+        patch.setitem(burstmap.versions.RUNTIME, "python", "3.99.0")
+        patch.setitem(burstmap.versions.RUNTIME, "cloudpickle", "9.0.0")
+        futures = executor.map(leave_mark, [str(marker)] * 2)
+    for future in futures:
+        with pytest.raises(burstmap.PayloadRejectedError, match=r"submitted from Python 3\.99\.0, cloudpickle 9\.0\.0 "
+                           r"but (this worker|the deployed function) runs Python 3\.\d+\.\d+, cloudpickle \d"):
+            future.result(timeout=120)
+    assert not marker.exists()
+    with pytest.raises(burstmap.PayloadRejectedError, match=r"cannot replay call 0 .* but this process runs Python"):
+        executor.replay(futures[0].job_id, 0)

@@ -9,9 +9,11 @@ import pickle
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 
 from burstmap.job import Layout
@@ -82,6 +84,25 @@ def test_jobs_lists_counts_from_the_configured_store(env, store, job):
     assert row[2:6] == [str(N_CALLS - 1), "1", "0", "0"]
 
 
+def test_store_given_as_a_path(env, store, job):
+    proc = subprocess.run([sys.executable, "-m", "burstmap.cli", "--store", str(store), "status", job], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{N_CALLS} calls" in proc.stdout
+
+
+def test_store_given_as_an_s3_url_keeps_the_configured_endpoint(env, tmp_path, moto_server):
+    bucket = f"cli-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"storage: {{name: s3, bucket: another, endpoint_url: '{moto_server}', region: us-east-1}}\n")
+    proc = cli({**env, "BURSTMAP_CONFIG": str(config), "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing"}, None, "--store", f"s3://{bucket}", "jobs")
+    assert proc.returncode == 0, proc.stderr
+    assert "no jobs under prefix 'burstmap'" in proc.stderr
+
+
 def test_jobs_under_another_prefix_finds_none(env, store, job):
     proc = cli(env, store, "--prefix", "elsewhere", "jobs")
     assert proc.returncode == 0
@@ -128,6 +149,20 @@ def test_results_with_another_secret_key_are_rejected(env, store, job):
     assert proc.returncode == 1 and proc.stdout == ""
     assert "failed HMAC verification" in proc.stderr and "another secret key" in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_results_whose_records_another_key_signed_say_so(env, tmp_path):
+    from burstmap.job import Manifest
+
+    with new_executor(tmp_path) as ex:
+        job_id = wait_done(ex.map(abs, range(5)))[0].job_id
+    layout = Layout("burstmap", job_id)
+    storage = LocalStorage(tmp_path)
+    manifest = Manifest.decode(storage.get(layout.manifest), SECRET.encode(), job_id)
+    storage.put(layout.manifest, manifest.encode(b"another-key"))  # as if workers had signed with SECRET
+    proc = cli({**env, "BURSTMAP_SECRET_KEY": "another-key"}, tmp_path, "results", job_id)
+    assert assert_one_line_error(proc) == ("Error: 5 of 5 calls could not be verified: wrong key? (their records "
+                                           "fail HMAC verification: signed with another secret key, or altered)")
 
 
 def test_logs_of_one_call_and_of_every_call(env, store, job):
@@ -201,6 +236,7 @@ def test_clean_asks_then_deletes_a_finished_job(env, store, executor):
     proc = cli(env, store, "clean", job, input="y\n")
     assert proc.returncode == 0, proc.stderr
     assert not storage.exists(layout.manifest) and list(storage.list(layout.root)) == []
+    assert not (store / layout.root).exists()  # no empty folders left behind
     assert cli(env, store, "clean").returncode == 2
     assert cli(env, store, "clean", job, "--all").returncode == 2
 
@@ -226,13 +262,23 @@ def test_clean_older_than_keeps_recent_jobs(env, store, job):
 
 def test_config_show_never_prints_a_secret(env, tmp_path):
     config = tmp_path / "config.yaml"
-    config.write_text("storage: {name: redis, url: 'redis://:url-pw-789@localhost:6379/0', access_key: ak-456}\n")
+    config.write_text("backend: {name: standalone, queue: 'redis://:url-pw-789@localhost:6379/0'}\n"
+                      "storage: {name: s3, bucket: b, aws_access_key_id: ak-456}\n")
     proc = cli({**env, "BURSTMAP_CONFIG": str(config), "BURSTMAP_SECRET_KEY": "fake-secret-123",
-                "BURSTMAP_STORAGE_PASSWORD": "pw-321"}, None, "config", "show")
+                "BURSTMAP_STORAGE_AWS_SECRET_ACCESS_KEY": "pw-321"}, None, "config", "show")
     assert proc.returncode == 0, proc.stderr
     for secret in ("fake-secret-123", "pw-321", "url-pw-789", "ak-456"):
         assert secret not in proc.stdout + proc.stderr
     assert "secret_key: '***'" in proc.stdout and "redis://:***@localhost:6379/0" in proc.stdout
+
+
+def test_config_show_refuses_what_the_executor_would(env, tmp_path):
+    config = tmp_path / "config.yaml"
+    for text, message in (("backend: {name: local, worker: 4}\n", "backend 'local' has no option(s) worker"),
+                          ("storage: s3\n", "storage 's3' needs option 'bucket'"),
+                          ("progress: maybe\n", "progress must be auto, true or false")):
+        config.write_text(text)
+        assert message in assert_one_line_error(cli({**env, "BURSTMAP_CONFIG": str(config)}, None, "config", "show"))
 
 
 def test_config_init_writes_a_loadable_file_once(env):
@@ -263,3 +309,23 @@ def test_unavailable_optional_command_says_what_to_install(env):
     assert out.returncode == 0
     for name in ("lambda", "replay", "worker", "jobs", "clean"):
         assert f"  {name} " in out.stdout
+
+
+def test_clean_all_leaves_no_empty_folder(env, tmp_path):
+    store = tmp_path / "store"
+    with new_executor(store) as ex:
+        wait_done(ex.map(abs, range(2500)))
+    assert cli(env, store, "clean", "--all", "--yes").returncode == 0
+    assert list(store.rglob("*")) == []
+
+
+def test_stats_shows_the_five_slowest_stragglers_and_counts_the_rest(capsys):
+    from burstmap.cli import _print_summary
+    from burstmap.stats import summarize
+
+    rows = [{"job_id": "j", "call_id": i, "state": "ok", "end": 10.0, "duration": 1.0 + (i >= 10) * i,
+             "compute": 0.5, "queue_wait": 0.0, "worker": "w"} for i in range(-20, 30)]
+    _print_summary(summarize(rows, submitted=9.0))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines if line.startswith("straggler ")] == ["29:", "28:", "27:", "26:", "25:"]
+    assert lines[-1] == "stragglers   15 more, the slowest shown above (--csv lists every call)"  # of 20

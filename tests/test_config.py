@@ -41,14 +41,26 @@ def test_unknown_keys_are_clear_errors(config_file, monkeypatch):
     config_file.write_text("backend: local\n")
     with pytest.raises(ConfigError, match="unknown setting.*colour"):
         load_config(colour="red")
-    monkeypatch.setenv("BURSTMAP_WORKRS", "2")
-    with pytest.raises(ConfigError, match="BURSTMAP_WORKRS"):
-        load_config()
+
+
+
+def test_environment_variables_that_name_no_setting_are_left_alone(config_file, monkeypatch):
+    config_file.write_text("storage: {name: local, path: /tmp/x}\n")
+    monkeypatch.setenv("BURSTMAP_HOME", "/somewhere")  # some other tool's variable
+    monkeypatch.setenv("BURSTMAP_TIMEOUT", "7")
+    monkeypatch.setenv("BURSTMAP_STORAGE_ENDPOINT_URL", "http://127.0.0.1:9")  # an S3 option: not for a local store
+    config = load_config()
+    assert config.timeout == 7 and config.storage == Component("local", {"path": "/tmp/x"})
+    assert load_config(storage="s3://b").storage == Component("s3", {"endpoint_url": "http://127.0.0.1:9",
+                                                                      "bucket": "b"})
 
 
 def test_bad_values_and_files(config_file):
     config_file.write_text("timeout: -1\n")
     with pytest.raises(ConfigError, match="timeout must be a positive number"):
+        load_config()
+    config_file.write_text("progress: maybe\n")
+    with pytest.raises(ConfigError, match="progress must be auto, true or false, not 'maybe'"):
         load_config()
     config_file.write_text("backend: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
@@ -87,3 +99,32 @@ def test_a_backend_named_in_code_keeps_its_configured_options(config_file, monke
     assert load_config(backend="local").backend == Component("local", {"workers": 3})
     monkeypatch.setenv("BURSTMAP_BACKEND_ADDRESS", "tcp://scheduler:8786")
     assert load_config(backend="dask").backend == Component("dask", {"address": "tcp://scheduler:8786"})
+
+
+def test_stores_and_backends_by_url_or_path(config_file, tmp_path):
+    config_file.write_text("storage: {name: s3, bucket: configured, endpoint_url: 'http://127.0.0.1:9'}\n")
+    assert load_config(storage="s3://other/").storage == Component(
+        "s3", {"bucket": "other", "endpoint_url": "http://127.0.0.1:9"})
+    assert load_config(storage="redis://:pw@host:6380/2").storage == Component("redis", {"url": "redis://:pw@host:6380/2"})
+    assert load_config(storage=f"file://{tmp_path}").storage == Component("local", {"path": str(tmp_path)})
+    assert load_config(storage=tmp_path).storage == Component("local", {"path": str(tmp_path)})
+    assert load_config(backend="tcp://scheduler:8786").backend == Component("dask", {"address": "tcp://scheduler:8786"})
+    assert load_config(backend="sqs://calls").backend == Component("standalone", {"queue": "sqs://calls"})
+    for bad, message in (("s3://bucket/key", "must name a bucket and nothing in it"),
+                         ("ftp://host/x", "unknown scheme; known: file://, s3://")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(storage=bad)
+    config_file.write_text("")
+    with burstmap.Executor(storage=f"file://{tmp_path}/store", progress=False) as ex:
+        assert ex.storage.path == tmp_path / "store" and ex.call_async(abs, -2).result(timeout=60) == 2
+    with burstmap.Executor(storage=str(tmp_path / "other"), progress=False) as ex:
+        assert ex.storage.path == tmp_path / "other"
+
+
+def test_a_missing_option_is_one_line_naming_it(config_file):
+    config_file.write_text("")
+    for kind, name, option in (("storage", "s3", "bucket"), ("backend", "standalone", "queue")):
+        with pytest.raises(ConfigError) as missing:
+            burstmap.Executor(**{kind: name})
+        assert str(missing.value).startswith(f"{kind} {name!r} needs option {option!r}: ")
+        assert "\n" not in str(missing.value) and "positional argument" not in str(missing.value)

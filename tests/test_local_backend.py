@@ -70,7 +70,9 @@ def test_progress_bar_only_when_asked(pool_executor, capsys):
     burstmap.get_all_results(pool_executor.map(abs, range(5)), progress=True)
     assert "burstmap" in capsys.readouterr().err
     burstmap.wait(pool_executor.map(time.sleep, ["not a number", 0.3]), progress=True)
-    assert "failed=1" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "failed=1" in err
+    assert err.splitlines()[-1].startswith("burstmap: 2 of 2 calls done (1 failed) in ")  # the bar leaves a summary
     burstmap.get_all_results(pool_executor.map(abs, range(5)))
     assert capsys.readouterr().err == ""
     with burstmap.Executor(backend=LocalBackend(workers=1), storage=pool_executor.storage, secret_key=TEST_SECRET,
@@ -89,21 +91,46 @@ import sys, burstmap
 from burstmap.storage.local import LocalStorage
 
 def f(x):
-    return x
+    return x * x
 
-ex = burstmap.Executor(storage=LocalStorage(sys.argv[1]), secret_key="k")
-print(burstmap.get_all_results(ex.map(f, range(3)), return_exceptions=True, timeout=120))
+ex = burstmap.Executor(storage=LocalStorage(sys.argv[-1]), secret_key="k", progress=False)
+print(burstmap.get_all_results(ex.map(f, range(3)), timeout=120))
 """
 
 
-def test_script_without_main_guard_gets_a_clear_error(tmp_path):
+@pytest.mark.parametrize("how", ["file", "stdin", "-c"])
+def test_a_script_without_main_guard_just_works(tmp_path, how):
     script = tmp_path / "unguarded.py"
     script.write_text(UNGUARDED)
+    store = str(tmp_path / "store")
+    command, stdin = {"file": ([str(script), store], None), "stdin": (["-", store], UNGUARDED),
+                      "-c": (["-c", UNGUARDED, store], None)}[how]
+    out = subprocess.run([sys.executable, *command], input=stdin, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "[0, 1, 4]\n"
+    assert out.stderr == ""
+
+
+CUSTOM_STORE = """
+import sys, burstmap
+from burstmap.storage.local import LocalStorage
+
+class MyStore(LocalStorage):
+    pass
+
+ex = burstmap.Executor(storage=MyStore(sys.argv[1]), secret_key="k", progress=False)
+print(burstmap.get_all_results(ex.map(abs, range(3)), return_exceptions=True, timeout=120))
+"""
+
+
+def test_workers_that_cannot_start_fail_the_calls_with_their_own_error(tmp_path):
+    script = tmp_path / "custom_store.py"
+    script.write_text(CUSTOM_STORE)
     out = subprocess.run([sys.executable, str(script), str(tmp_path / "store")], capture_output=True, text=True,
                          timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("WorkerDiedError") == 3
-    assert "if __name__ == '__main__':" in out.stdout
+    assert "exit while starting (exit code 1): AttributeError: Can't get attribute 'MyStore'" in out.stdout
 
 
 def test_workers_killed_while_starting_are_replaced_and_lose_nothing(tmp_path):
@@ -165,3 +192,23 @@ def test_a_dispatcher_that_cannot_go_on_fails_the_calls_it_holds_and_the_next_on
                 os.kill(pid, 0)
     finally:
         backend.shutdown()
+
+
+def hang_until(release):
+    """Wait until the test lets it go: a call with no timeout that runs as long as it likes."""
+    while not Path(release).exists():
+        time.sleep(0.01)
+    return "released"
+
+
+def test_a_call_without_timeout_does_not_hold_the_calls_queued_behind_it(pool_executor, tmp_path):
+    release = tmp_path / "release"
+    (hanging,) = pool_executor.map(hang_until, [str(release)])  # one worker takes it first
+    try:
+        quick = pool_executor.map(abs, range(2000))  # once measured, its batches are also sent ahead to that worker
+        done, not_done = burstmap.wait(quick, timeout=120)
+        assert not not_done, f"{len(not_done)} calls queued behind the hanging one never ran"
+        assert not hanging.done()
+    finally:
+        release.write_text("go")
+    assert hanging.result(timeout=120) == "released"

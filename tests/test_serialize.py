@@ -4,6 +4,7 @@ Results are sealed in place: that gives the same bytes as sealing a copy."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import pickle
 import subprocess
@@ -18,6 +19,8 @@ from burstmap.backends.local import LocalBackend
 from burstmap.errors import PayloadRejectedError, SerializationError
 from burstmap.serialize import dumps_calls, dumps_function, dumps_value, load_stream, loads, seal, seal_value, unseal
 from burstmap.storage.local import LocalStorage
+
+from .conftest import subprocess_env
 
 KEY = b"k" * 32
 
@@ -175,3 +178,42 @@ def test_a_tampered_large_result_is_refused_and_never_unpickled(tmp_path: Path) 
         with pytest.raises(PayloadRejectedError, match="out/0"):
             future.result()
     assert not marker.exists()
+
+
+STATEFUL_MODULE = """
+import threading
+lock = threading.Lock()
+log = open(__file__)
+
+def guarded(x):
+    with lock:
+        return x + 1
+
+def outer(x):
+    return [guarded(i) for i in range(x)]
+"""
+USES_IT = """
+import sys, burstmap, stateful
+ex = burstmap.Executor(storage=sys.argv[1], secret_key="k", progress=False)
+print(burstmap.get_all_results(ex.map(stateful.outer, range(3))))
+"""
+
+
+def test_a_module_holding_a_lock_works_on_the_local_backend_and_is_named_elsewhere(tmp_path, monkeypatch):
+    (tmp_path / "stateful.py").write_text(STATEFUL_MODULE)
+    (tmp_path / "use.py").write_text(USES_IT)
+    out = subprocess.run([sys.executable, str(tmp_path / "use.py"), str(tmp_path / "store")], capture_output=True,
+                         text=True, timeout=120, env=subprocess_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout == "[[], [1], [1, 2]]\n"
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    stateful = importlib.import_module("stateful")
+    try:
+        with pytest.raises(SerializationError) as refused:  # workers elsewhere could not import the module
+            dumps_function(stateful.outer)
+    finally:
+        del sys.modules["stateful"]
+    assert str(refused.value).startswith("cannot pickle function outer: it uses the global stateful.lock (a lock), "
+                                         "which cannot be pickled")
+    assert "install its module on the workers" in str(refused.value)

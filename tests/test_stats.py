@@ -133,3 +133,9 @@ def test_executor_stats_matches_the_store(executor, store, futures):
     from_store = job_stats(LocalStorage(store), KEY, "burstmap", futures[0].job_id)
     assert from_futures["summary"] == from_store["summary"]
     assert from_futures["summary"]["calls"] == N_CALLS
+
+
+def test_quick_calls_are_not_stragglers_for_scheduler_noise():
+    rows = [{"job_id": "j", "call_id": i, "state": "ok", "end": 10.0 + d, "duration": d, "compute": d / 2,
+             "queue_wait": 0.0, "worker": "w"} for i, d in enumerate([0.0001] * 50 + [0.0009] * 40 + [0.2])]
+    assert [s["call_id"] for s in summarize(rows, submitted=9.0)["stragglers"]] == [90]

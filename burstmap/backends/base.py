@@ -51,6 +51,9 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    #: Whether workers can import the client's own modules (same files, same ``sys.path``), so a
+    #: function whose module holds unpicklable state may travel by reference.
+    imports_client_modules: ClassVar[bool] = False
 
     def start(self, storage: Storage, key: bytes, board: CallBoard | None = None) -> None:
         """Bind the backend to the store its workers use, the key that signs payloads and the client's board."""

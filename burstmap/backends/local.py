@@ -5,7 +5,15 @@ publishes which task it is running, and since when, in a small shared array, so 
 can stop a call that runs past its timeout and knows which call a dead worker was running; it
 reports both to `Attempts`, which decides between a re-run and a final record, and queues the
 rest of the batch again. Workers die with the client (a parent-death signal), and each leads its
-own process group, so children a call started die with it at its timeout.
+own process group, so children a call started die with it at its timeout. Workers are fresh
+interpreters that never import the user's ``__main__`` (`local_process`), so any script works,
+guarded or not; a worker that cannot start is replaced after a growing pause, and after a few
+failures in a row the pending calls fail with the worker's own error.
+
+A call that runs long (no timeout may stop it) does not hold the batches sent ahead to its worker
+while another worker idles: the dispatcher marks them withdrawn in the worker's progress array and
+queues them again; the worker skips a withdrawn batch. (In a rare race both run one, which is
+harmless: a call may run twice, its record is the same.)
 
 The dispatcher is supervised: an error it cannot handle fails every call it holds, loudly.
 """
@@ -13,24 +21,26 @@ The dispatcher is supervised: an error it cannot handle fails every call it hold
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
-import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
-from multiprocessing.connection import Connection, wait
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection, Pipe, wait
 from typing import Any
 
 from ..attempts import OUTAGE_EXIT, Attempts, how_it_ended
 from ..errors import BurstmapError, StorageError, WorkerDiedError
 from ..job import Batch, CallState, Manifest, Task
 from ..storage.base import Storage
+from ..versions import mismatch
 from ..worker import Handler
 from .base import Backend, CallBoard, fail_held
+from .local_process import READY, WorkerProcess
 
 __all__ = ["LocalBackend"]
 
@@ -38,9 +48,10 @@ log = logging.getLogger(__name__)
 _MAX_BATCH = 64
 _BATCH_SECONDS = 0.01  # quick calls are batched up to this much work per batch
 _DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
-_READY = b"ready"
 _GROUP_WINDOW = 0.002  # quick calls' records are stored together if they finish within this many seconds
+_STUCK = 1.0  # seconds a call runs before the batches queued behind it on its worker go to idle ones
 _STARTUP_TRIES = 3  # workers that die before taking work, in a row, before their calls are failed
+_STARTUP_PAUSE = 0.1, 10.0  # the pause before replacing such a worker doubles from the first to the second
 _TICK = 0.05
 _PR_SET_PDEATHSIG = 1
 
@@ -49,6 +60,7 @@ class LocalBackend(Backend):
     """Runs calls in ``workers`` processes on this machine (default: one per core)."""
 
     name = "local"
+    imports_client_modules = True
 
     def __init__(self, workers: int | None = None) -> None:
         if workers is not None and (not isinstance(workers, int) or workers < 1):
@@ -105,6 +117,11 @@ class _Slot:
         batch = self.batches.get(int(seq))
         return (batch, int(index), start, int(durable)) if batch else None
 
+    def stuck(self, now: float) -> bool:
+        """Whether its call has run `_STUCK` seconds: nothing more is queued behind it."""
+        running = self.running() if self.batches else None
+        return running is not None and now - running[2] >= _STUCK
+
     def unstarted(self, after: int) -> list[tuple[Manifest, Task]]:
         """The tasks of every batch sent after batch ``after``, in order."""
         return [item for seq in sorted(self.batches) if seq > after for item in self.batches[seq]]
@@ -141,7 +158,6 @@ class _Pace:
 
 class _Pool:
     def __init__(self, size: int, storage: Storage, key: bytes, board: CallBoard) -> None:
-        self._ctx = multiprocessing.get_context("spawn")
         self._storage = storage
         self._key = key
         self._board = board
@@ -151,22 +167,16 @@ class _Pool:
         self._closed = False
         self.broken: BaseException | None = None
         self._startup_failures = 0
+        self._respawn: dict[int, float] = {}  # slot index: when to replace its worker, which failed to start
         self._pace = _Pace()
-        self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)
+        self._wake_r, self._wake_w = Pipe(duplex=False)
         self.slots = [self._spawn(i) for i in range(size)]
         self._thread = threading.Thread(target=self._supervised, name="burstmap-local", daemon=True)
         self._thread.start()
 
     def _spawn(self, index: int) -> _Slot:
-        parent, child = self._ctx.Pipe()
-        progress = self._ctx.RawArray("d", 4)
-        process = self._ctx.Process(
-            target=_worker_main, args=(child, progress, self._storage, self._key, f"local-{index}", os.getpid()),
-            name=f"burstmap-local-{index}", daemon=True,
-        )
-        process.start()
-        child.close()
-        return _Slot(index, process, parent, progress)
+        process = WorkerProcess(_worker_setup, (self._storage, self._key, f"local-{index}", os.getpid()))
+        return _Slot(index, process, process.conn, process.progress)
 
     def add(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
         with self._lock:
@@ -186,6 +196,7 @@ class _Pool:
             slot.conn.close()
             slot.process.join(timeout=5 if wait_for_workers else 0.1)
             _kill_group(slot.process)
+            slot.process.close()
 
     def _supervised(self) -> None:
         """The dispatcher loop; if it fails, every call it holds fails with its error instead of hanging."""
@@ -204,31 +215,51 @@ class _Pool:
 
     def _loop(self) -> None:
         while not self._closed:
+            self._respawn_due()
             self._dispatch()
             owners: dict[Any, _Slot] = {}
             for slot in self.slots:
-                owners[slot.conn] = owners[slot.process.sentinel] = slot
-            timed = any(b[0][0].timeout for slot in self.slots for b in slot.batches.values())
-            for ready in wait([self._wake_r, *owners], timeout=_TICK if timed else None):
+                if slot.index not in self._respawn:
+                    owners[slot.conn] = owners[slot.process.sentinel] = slot
+            for ready in wait([self._wake_r, *owners], timeout=self._wait_time()):
                 if ready is self._wake_r:
                     while self._wake_r.poll():
                         self._wake_r.recv_bytes()
                     continue
                 slot = owners[ready]
-                if self.slots[slot.index] is not slot:
-                    continue
+                if self.slots[slot.index] is not slot or slot.index in self._respawn:
+                    continue  # replaced, or to be replaced, since the wait began
                 self._on_ready(slot, ready)
             self._check_timeouts()
+            self._take_back_queued()
+
+    def _wait_time(self) -> float | None:
+        """How long the loop may wait for a message: until a timeout may pass or a worker is due to be replaced."""
+        timed = any(b[0][0].timeout for slot in self.slots for b in slot.batches.values())
+        queued_behind = any(len(slot.batches) > 1 for slot in self.slots)
+        times = [_TICK] if timed or queued_behind else []
+        times += [max(0.0, due - time.monotonic()) for due in self._respawn.values()]
+        return min(times, default=None)
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        for index, due in list(self._respawn.items()):
+            if due <= now:
+                del self._respawn[index]
+                self.slots[index] = self._spawn(index)
 
     def _on_ready(self, slot: _Slot, ready: Any) -> None:
         try:
             while slot.conn.poll():
                 message = slot.conn.recv_bytes()
-                if message == _READY:
+                if message == READY:
                     slot.started = True
+                    self._startup_failures = 0
                 else:
                     seq, seconds = message.split()
-                    self._pace.record(slot.batches.pop(int(seq)), float(seconds))
+                    batch = slot.batches.pop(int(seq), None)
+                    if batch:  # else it was withdrawn as the worker took it: it ran twice
+                        self._pace.record(batch, float(seconds))
             if ready is slot.conn or slot.process.is_alive():
                 return
         except (EOFError, OSError):
@@ -256,7 +287,7 @@ class _Pool:
                     return None
                 manifest = self._pending[0][0]
                 size, depth = self._pace.batch(manifest.job_id, len(self._pending) // (2 * len(self.slots)))
-                if len(slot.batches) >= depth:
+                if len(slot.batches) >= depth or slot.batches and slot.stuck(time.time()):
                     return None
                 attempts: dict[int, int] = {}
                 while self._pending and len(attempts) < size and self._pending[0][0] is manifest:
@@ -286,12 +317,26 @@ class _Pool:
                 unstored = batch[durable:index] + batch[index + 1:]
                 self._replace(slot, requeue=unstored + slot.unstarted(int(slot.progress[0])))
 
+    def _take_back_queued(self) -> None:
+        """Queue again the batches sent ahead to a worker whose call has run `_STUCK` seconds, if another idles."""
+        if self._pending or not any(slot.started and not slot.batches for slot in self.slots):
+            return
+        now = time.time()
+        for slot in self.slots:
+            current = int(slot.progress[0])
+            if not any(seq > current for seq in slot.batches) or not slot.stuck(now):
+                continue
+            slot.progress[4] = max(slot.batches)
+            taken = int(slot.progress[0])  # it may have started one meanwhile: that one stays its own
+            behind = [slot.batches.pop(seq) for seq in sorted(slot.batches) if seq > taken]
+            with self._lock:
+                self._pending.extendleft(reversed([(m, t.call_id, t.attempt) for batch in behind for m, t in batch]))
+
     def _worker_died(self, slot: _Slot) -> None:
         _kill_group(slot.process)
         if not slot.started:
             self._worker_failed_to_start(slot)
             return
-        self._startup_failures = 0
         running = slot.running() if slot.batches else None
         if running is None:
             self._replace(slot, requeue=slot.unstarted(0))
@@ -322,34 +367,37 @@ class _Pool:
     def _worker_failed_to_start(self, slot: _Slot) -> None:
         """A worker died before it could take work (none was sent to it): start another, but not forever.
 
-        One killed by a signal is simply replaced; one that exits by itself three times in a row
-        fails the pending calls with the likely reason.
+        One killed by a signal is simply replaced; one that exits by itself is replaced after a pause
+        that doubles each time, and every few such failures in a row fail the pending calls with its error.
         """
         if (slot.process.exitcode or 0) < 0:
             self._replace(slot, requeue=[])
             return
         self._startup_failures += 1
-        if self._startup_failures < _STARTUP_TRIES:
-            self._replace(slot, requeue=[])
-            return
+        first, longest = _STARTUP_PAUSE
+        pause = min(longest, first * 2 ** (self._startup_failures - 1))
+        if self._startup_failures % _STARTUP_TRIES == 0:
+            self._fail_pending(WorkerDiedError(
+                f"worker processes exit while starting (exit code {slot.process.exitcode}): "
+                f"{slot.process.startup_error() or 'they printed no error'}"))
+        self._replace(slot, requeue=[], pause=pause)
+
+    def _fail_pending(self, error: BurstmapError) -> None:
         with self._lock:
             held = list(self._pending)
             self._pending.clear()
-        error = WorkerDiedError(
-            f"worker processes exit while starting (exit code {slot.process.exitcode}); a script that submits "
-            "jobs when it is imported must do so under `if __name__ == '__main__':`"
-        )
         for manifest, call_id, attempt in held:
             (task,) = Batch.of(manifest, [call_id], {call_id: attempt}).tasks
             self._settle(manifest, task, lambda: self._attempts.failed([task], error, CallState.DIED))
-        self._startup_failures = 0
-        self._replace(slot, requeue=[])
 
-    def _replace(self, slot: _Slot, requeue: list[tuple[Manifest, Task]]) -> None:
-        slot.conn.close()
+    def _replace(self, slot: _Slot, requeue: list[tuple[Manifest, Task]], pause: float = 0.0) -> None:
+        slot.process.close()
         with self._lock:
             self._pending.extendleft(reversed([(m, t.call_id, t.attempt) for m, t in requeue]))
-        self.slots[slot.index] = self._spawn(slot.index)
+        if pause:
+            self._respawn[slot.index] = time.monotonic() + pause
+        else:
+            self.slots[slot.index] = self._spawn(slot.index)
 
 
 def _broken(error: BaseException) -> BurstmapError:
@@ -377,17 +425,16 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, worker: str, parent: int) -> None:
-    """A worker process: run batches from the pipe until it closes."""
+def _worker_setup(storage: Storage, key: bytes, worker: str, parent: int) -> Callable[[Connection, Any], None]:
+    """Set up a worker process (its own process group, dies with the client); return its serving loop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgrp()
     _die_with_parent(parent)
-    multiprocessing.current_process().daemon = False  # a call may start processes (a nested executor); they die with it
-    handler = Handler(storage, key, worker, group_window=_GROUP_WINDOW)
-    try:
-        conn.send_bytes(_READY)
-    except OSError:
-        return
+    return functools.partial(_serve, Handler(storage, key, worker, group_window=_GROUP_WINDOW), key)
+
+
+def _serve(handler: Handler, key: bytes, conn: Connection, progress: Any) -> None:
+    """A worker process: run batches from the pipe until it closes."""
 
     def on_start(index: int) -> None:
         progress[2] = time.time()
@@ -404,8 +451,14 @@ def _worker_main(conn: Connection, progress: Any, storage: Storage, key: bytes, 
         seq, batch = int.from_bytes(message[:8], "big"), Batch.decode(key, message[8:])
         began = progress[2] = time.time()
         progress[3], progress[1], progress[0] = 0, 0, seq
+        if seq <= progress[4]:
+            continue  # withdrawn while queued here: another worker runs it
         try:
-            handler.run(batch.tasks, on_start, on_durable)
+            refusal = mismatch(batch.versions)
+            if refusal:
+                Attempts(handler.storage, key, handler.worker).rejected(list(batch.tasks), refusal)
+            else:
+                handler.run(batch.tasks, on_start, on_durable)
         except StorageError:
             os._exit(OUTAGE_EXIT)
         try:

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from ..storage.redis import describe, redact_url
+from ..redact import redact_url
+from ..storage.redis import describe
 from .base import Message, Queue, QueueError
 
 __all__ = ["RedisQueue"]

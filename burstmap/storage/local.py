@@ -205,10 +205,21 @@ class LocalStorage(Storage):
                 yield f"{head}{entry.name}"
 
     def delete(self, keys: Iterable[str]) -> None:
+        """Delete the keys' files, then the folders that leaves empty (up to the store's own)."""
+        folders = set()
         for key in keys:
+            file = self._file(key)
             with self._errors(f"delete {key!r}"), suppress(FileNotFoundError):
-                os.unlink(self._file(key))
+                os.unlink(file)
+            folders.add(os.path.dirname(file))
         self._made.clear()
+        for folder in sorted(folders, key=len, reverse=True):
+            while folder.startswith(self._root) and folder != self._root.rstrip("/"):
+                try:
+                    os.rmdir(folder)
+                except OSError:  # not empty (or already gone, or in use): its parents are not empty either
+                    break
+                folder = os.path.dirname(folder)
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_made": set()}

@@ -10,16 +10,17 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..errors import KeyNotFoundError, StorageError
+from ..redact import redact_url
 from .base import Storage, permanent
 
-__all__ = ["RedisStorage", "describe", "redact_url"]
+__all__ = ["RedisStorage", "describe"]
 
 _BATCH = 1000  # keys per DEL and per SCAN step
 _CHUNK = 4 * 1024 * 1024  # bytes per APPEND / GETRANGE when streaming files
@@ -49,16 +50,6 @@ def _lasting(error: redis.RedisError) -> bool:
     if isinstance(error, redis.ResponseError):
         return not isinstance(error, _PASSING) and str(error).split(" ", 1)[0] not in _PASSING_REPLIES
     return False
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` so it can be shown."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 class RedisStorage(Storage):
