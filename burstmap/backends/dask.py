@@ -42,7 +42,6 @@ __all__ = ["DaskBackend"]
 log = logging.getLogger(__name__)
 
 _MAX_BATCH = 256
-_GROUP_WINDOW = 0.002  # quick calls' records are stored together if they finish within this many seconds
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -147,7 +146,7 @@ def run_batch(token: str, storage: Storage, key: bytes, blob: bytes) -> int:
     with _worker_lock:
         handler = _handlers.get(token)
         if handler is None:
-            handler = _handlers[token] = Handler(storage, key, f"dask-{_worker_name()}", group_window=_GROUP_WINDOW)
+            handler = _handlers[token] = Handler(storage, key, f"dask-{_worker_name()}")
     attempts = Attempts(storage, key, handler.worker)
     todo = attempts.begin(batch)
     if batch.timeout is None:
