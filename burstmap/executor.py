@@ -130,14 +130,31 @@ class Executor(cf.Executor):
                    retry_on: tuple[type[BaseException], ...] = (Exception,), extra_env: Mapping[str, str] | None = None,
                    exclude_modules: Iterable[str] = ()) -> ResponseFuture:
         """Run ``func(data, *extra_args)`` as one call; return its future at once (arguments as for `map`)."""
-        calls = [((data, *extra_args), {})]
+        return self._one(func, (data, *extra_args), {}, timeout, worker_retries, retries, retry_on, extra_env,
+                         exclude_modules)
+
+    def _one(self, func: Callable, args: tuple, kwargs: dict, timeout: float | None = None,
+             worker_retries: int | None = None, retries: int = 0,
+             retry_on: tuple[type[BaseException], ...] = (Exception,), extra_env: Mapping[str, str] | None = None,
+             exclude_modules: Iterable[str] = ()) -> ResponseFuture:
+        """One call of ``func(*args, **kwargs)`` with `map`'s options."""
         with excluding(exclude_modules):
-            return self._submit_job(_with_env(_retrying(func, retries, retry_on), extra_env), calls, timeout,
-                                    worker_retries, name=_qualname(func))[0]
+            return self._submit_job(_with_env(_retrying(func, retries, retry_on), extra_env), [(args, kwargs)],
+                                    timeout, worker_retries, name=_qualname(func))[0]
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ResponseFuture:
-        """Run ``fn(*args, **kwargs)`` as one call, like `concurrent.futures.Executor.submit`."""
-        return self._submit_job(fn, [(args, kwargs)], None, None)[0]
+        """Run ``fn(*args, **kwargs)`` as one call, like `concurrent.futures.Executor.submit`.
+
+        Its keyword arguments are ``fn``'s; for `map`'s options, use ``ex.options(timeout=5).submit(fn, ...)``.
+        """
+        return self._one(fn, args, kwargs)
+
+    def options(self, timeout: float | None = None, worker_retries: int | None = None, retries: int = 0,
+                retry_on: tuple[type[BaseException], ...] = (Exception,), extra_env: Mapping[str, str] | None = None,
+                exclude_modules: Iterable[str] = ()) -> Options:
+        """This executor with `map`'s options set for ``submit``: ``ex.options(timeout=5, retries=2).submit(f, x)``."""
+        return Options(functools.partial(self._one, timeout=timeout, worker_retries=worker_retries, retries=retries,
+                                         retry_on=retry_on, extra_env=extra_env, exclude_modules=exclude_modules))
 
     def map(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (),  # type: ignore[override]
             timeout: float | None = None, worker_retries: int | None = None, retries: int = 0,
@@ -385,6 +402,17 @@ def _with_env(func: Callable, extra_env: Mapping[str, str] | None) -> Callable:
 
 def _qualname(func: Callable) -> str:
     return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', type(func).__name__)}"
+
+
+class Options:
+    """What `Executor.options` returns: ``submit`` with the options it was given."""
+
+    def __init__(self, one: Callable[..., ResponseFuture]) -> None:
+        self._one = one
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> ResponseFuture:
+        """Run ``fn(*args, **kwargs)`` as one call with these options."""
+        return self._one(fn, args, kwargs)
 
 
 class _Star:
