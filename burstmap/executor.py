@@ -389,11 +389,14 @@ def _copy_outcome(target: ResponseFuture, source: ResponseFuture) -> None:
     if source.cancelled():
         target.cancel()
         return
-    error = source.exception()
-    if error is not None:
-        target._finish(source.record, error=error)
-    else:
-        target._finish(source.record, source.result())
+    value = None
+    try:
+        error = source.exception()
+        if error is None:
+            value = source.result()
+    except BaseException as e:  # a large result is loaded here, and may fail to load: fail the future, never hang it
+        error = reportable(e)
+    target._finish(source.record, value, error)
 
 
 def _with_env(func: Callable, extra_env: Mapping[str, str] | None) -> Callable:

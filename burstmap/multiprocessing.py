@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import load_config
 from .executor import Executor, _Star
+from .watcher import reportable
 
 __all__ = ["Pool", "AsyncResult", "MapResult", "TimeoutError"]
 
@@ -63,7 +64,10 @@ def gather(futures: list[cf.Future]) -> cf.Future:
             if error is not None:
                 outcome.set_exception(error)
             elif last:
-                outcome.set_result([f.result() for f in futures])
+                try:
+                    outcome.set_result([f.result() for f in futures])
+                except BaseException as e:  # a large result is loaded here, and may fail to load
+                    outcome.set_exception(reportable(e))
 
     if not futures:
         outcome.set_result([])

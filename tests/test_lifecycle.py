@@ -131,6 +131,16 @@ def test_a_large_result_that_exits_when_unpickled_fails_its_future(ex):
     assert future.record.output_key is not None
 
 
+def large_result_that_exits_when_loaded(results: list) -> object:
+    return exit_when_loaded(1, 3 << 20)
+
+
+def test_a_reduce_whose_large_result_cannot_be_loaded_fails_instead_of_hanging(ex):
+    outcome = ex.reduce(large_result_that_exits_when_loaded, ex.map(abs, range(3)))
+    with pytest.raises(SerializationError, match="SystemExit"):
+        outcome.result(timeout=60)
+
+
 def test_a_future_is_pending_until_a_worker_takes_its_call_and_can_be_cancelled_until_then(ex, tmp_path):
     blockers = block_both_workers(ex, tmp_path)
     assert all(f.running() for f in blockers)

@@ -6,7 +6,10 @@ import time
 
 import pytest
 
+from burstmap import SerializationError
 from burstmap.multiprocessing import Pool
+
+from .test_lifecycle import ExitWhenLoaded
 
 @pytest.fixture
 def executor(near_executor):
@@ -147,3 +150,14 @@ def test_bad_arguments_fail_at_once():
         Pool(0)
     with pytest.raises(TypeError, match="initializer"):
         Pool(initializer=3)
+
+
+def large_result_that_exits_when_loaded(x):
+    """A 3 MB result (stored on its own, loaded when read) that raises SystemExit when unpickled."""
+    return [bytes(3 << 20), ExitWhenLoaded()] if x == 1 else x
+
+
+def test_a_map_whose_result_cannot_be_loaded_fails_instead_of_hanging(executor):
+    result = Pool(executor=executor).map_async(large_result_that_exits_when_loaded, range(3))
+    with pytest.raises(SerializationError, match="SystemExit"):
+        result.get(timeout=60)
