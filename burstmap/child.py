@@ -80,7 +80,8 @@ class CallProcess:
 
     def run_batch(self, batch: Batch, tasks: list[Task], attempts: Attempts, where: str) -> None:
         """Run calls of ``batch`` in the child one after the other, quick ones' records written together,
-        until each has a final outcome, as `run_to_end` decides for one call.
+        until each has a final outcome: a re-run after a death within its budget (as `Attempts`
+        decides), a ``timeout`` record past its deadline, again after a store outage.
 
         The child reports each call's start and how many records are durable, so the call running
         when the child dies or overruns is the one blamed; calls that finished but were not yet
@@ -141,26 +142,6 @@ class CallProcess:
             self._child()
         except (EOFError, OSError):
             pass
-
-    def run_to_end(self, batch: Batch, task: Task, attempts: Attempts, where: str) -> Ended:
-        """Run a call of ``batch`` until it has a final outcome: re-run after a death within its budget (as
-        `Attempts` decides), a ``timeout`` record past its deadline, again after a store outage."""
-        while True:
-            start = time.time()
-            ended = self.run(task, batch.timeout)
-            log.info("%s call %s/%s attempt %d: %s %s in %.3fs", where, task.job_id, call_name(task.call_id),
-                     task.attempt, ended.how, ended.detail, ended.seconds)
-            if ended.how == "done":
-                return ended
-            if ended.how == "timeout":
-                attempts.timed_out(task, batch.timeout or 0.0, f"its process on {where}", start)
-                return ended
-            if ended.how == "died":
-                retry = attempts.died(task, batch.worker_retries, f"its process on {where}", ended.detail, start)
-                if retry is None:
-                    return ended
-                task = retry
-            # "outage": the store stayed unreachable past its limit; nobody is blamed, the call runs again
 
     def _child(self) -> tuple[Connection, subprocess.Popen]:
         if self._process is None or self._process.poll() is not None:
