@@ -20,7 +20,6 @@ stopped its worker) says so in its marker (`end_by_timeout`), and then no call i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import signal
 import time
@@ -95,7 +94,7 @@ class Attempts:
         lost = self._lost_in(layout, batch, delivery, first.call_id)
         if lost == 0:
             return todo
-        retry = self.died(dataclasses.replace(first, attempt=lost), batch.worker_retries,
+        retry = self.died(first._replace(attempt=lost), batch.worker_retries,
                           "the worker that held its batch", "it vanished")
         return ([retry] if retry else []) + todo[1:]
 
@@ -137,7 +136,7 @@ class Attempts:
         if self.is_final(task):
             return None
         if task.attempt <= worker_retries:
-            return dataclasses.replace(task, attempt=task.attempt + 1)
+            return task._replace(attempt=task.attempt + 1)
         error = WorkerDiedError(
             f"call {task.job_id}/{call_name(task.call_id)}: {where} died ({how}) while running it, "
             f"in attempt {task.attempt} of {worker_retries + 1}"

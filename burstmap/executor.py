@@ -89,15 +89,16 @@ class Executor(cf.Executor):
                     name: str | None = None) -> list[ResponseFuture]:
         job_id = job_id or new_job_id()
         func_blob = seal(self._key, f"{job_id}/func", dumps_function(func, self.backend.imports_client_modules))
-        data, offsets = dumps_calls(calls, self._key, job_id)
-        if len(offsets) == 1:
+        data, blocks = dumps_calls(calls, self._key, job_id)
+        n_calls = blocks[-1][0]
+        if not n_calls:
             return []
         limit = self.config.map_item_limit
-        if limit is not None and len(offsets) - 1 > limit:
-            raise ConfigError(f"a job of {len(offsets) - 1} calls is over map_item_limit ({limit}); split it or raise the limit")
+        if limit is not None and n_calls > limit:
+            raise ConfigError(f"a job of {n_calls} calls is over map_item_limit ({limit}); split it or raise the limit")
         self._start()
         manifest = Manifest(
-            job_id=job_id, prefix=self.config.prefix, function=name or _qualname(func), offsets=tuple(offsets),
+            job_id=job_id, prefix=self.config.prefix, function=name or _qualname(func), blocks=tuple(blocks),
             submitted=time.time(), host=socket.gethostname(),
             timeout=timeout if timeout is not None else self.config.timeout,
             worker_retries=self.config.worker_retries if worker_retries is None else worker_retries, kind=kind,
@@ -122,8 +123,7 @@ class Executor(cf.Executor):
             raise
 
     def _futures(self, layout: Layout, n_calls: int) -> list[ResponseFuture]:
-        shared = threading.Condition()
-        return [ResponseFuture(layout, i, self.storage, self.config.progress, shared) for i in range(n_calls)]
+        return ResponseFuture.of_job(layout, n_calls, self.storage, self.config.progress)
 
     def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (), timeout: float | None = None,
                    worker_retries: int | None = None, retries: int = 0,

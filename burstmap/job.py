@@ -5,7 +5,7 @@ Every key burstmap writes is built here::
     <prefix>/manifests/<job_id>.json         the job's manifest, written first
     <prefix>/jobs/<job_id>/func.pickle        the function, signed (with the job's ``extra_args``)
     <prefix>/jobs/<job_id>/summary.json       counts by state, written once every call has a record
-    <prefix>/jobs/<job_id>/data.pickle        every call's signed input; call i reads bytes offsets[i:i+2]
+    <prefix>/jobs/<job_id>/data.pickle        the calls' inputs, in signed blocks of about 64 KB (see `Manifest.blocks`)
     <prefix>/jobs/<job_id>/status/<chunk>/<call_id>   the status record: header, captured output, result
     <prefix>/jobs/<job_id>/out/<call_id>      a result too large to keep inside the record
     <prefix>/jobs/<job_id>/deliveries/<batch>/<n>   delivery n of a batch re-delivered whole
@@ -18,7 +18,9 @@ commit), so that ten thousand tiny calls are not ten thousand writes.
 
 from __future__ import annotations
 
+import bisect
 import enum
+import functools
 import json
 import pickle
 import re
@@ -27,14 +29,14 @@ import secrets
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import BurstmapError, JobNotFoundError, KeyNotFoundError, PayloadRejectedError
 from .serialize import MAC_SIZE, load_stream, seal, unseal
 from .versions import RUNTIME
 
 __all__ = ["Batch", "CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "Task", "call_ids_of",
-           "call_name", "decode_records", "encode_records", "finished_calls", "load_manifest", "load_output",
+           "call_name", "decode_group", "decode_records", "RecordGroup", "encode_records", "finished_calls", "load_manifest", "load_output",
            "new_job_id", "read_record"]
 
 RECORD_MAGIC = b"BMS3\n"
@@ -133,7 +135,7 @@ class Manifest:
     job_id: str
     prefix: str
     function: str
-    offsets: tuple[int, ...]
+    blocks: tuple[tuple[int, int], ...]  # (first call, first byte) of each block of inputs, then (calls, bytes)
     submitted: float
     host: str
     timeout: float | None = None
@@ -143,18 +145,23 @@ class Manifest:
 
     @property
     def n_calls(self) -> int:
-        return len(self.offsets) - 1
+        return self.blocks[-1][0]
 
     @property
     def layout(self) -> Layout:
         return Layout(self.prefix, self.job_id)
 
     def data_range(self, call_id: int) -> tuple[int, int]:
-        """The byte range of call ``call_id``'s input inside the data object."""
-        return self.offsets[call_id], self.offsets[call_id + 1]
+        """The byte range of the block that holds call ``call_id``'s input, inside the data object."""
+        i = bisect.bisect_right(self._firsts, call_id) - 1
+        return self.blocks[i][1], self.blocks[i + 1][1]
+
+    @functools.cached_property
+    def _firsts(self) -> list[int]:
+        return [first for first, _ in self.blocks]
 
     def encode(self, key: bytes) -> bytes:
-        """The signed JSON form: no one without the key can swap the job, its calls or its offsets."""
+        """The signed JSON form: no one without the key can swap the job, its calls or its inputs' blocks."""
         body = json.dumps({f.name: getattr(self, f.name) for f in fields(self)}).encode()
         return seal(key, f"manifest/{self.job_id}", body)
 
@@ -168,15 +175,17 @@ class Manifest:
                               "with another secret key)") from None
         try:
             fields = json.loads(body)
-            fields["offsets"] = tuple(int(o) for o in fields["offsets"])
+            fields["blocks"] = tuple((int(first), int(start)) for first, start in fields["blocks"])
             return cls(**fields)
         except (ValueError, TypeError, KeyError, RecursionError) as e:
             raise RecordError(f"not a burstmap job manifest: {e}") from None
 
 
-@dataclass(frozen=True)
-class Task:
-    """One attempt of one call: where its input lies in the job's data object."""
+class Task(NamedTuple):
+    """One attempt of one call: where the block holding its input lies in the job's data object.
+
+    A named tuple, not a dataclass: a batch makes one per call, and a million calls notice the difference.
+    """
 
     prefix: str
     job_id: str
@@ -355,14 +364,14 @@ def encode_records(records: list[Record], key: bytes, job_id: str) -> bytes:
     the group's first start. So a quick call's record costs tens of bytes, not hundreds.
     """
     t0 = min(r.start for r in records)
-    rows = [r.header() for r in records]
-    for row in rows:
-        row["start"], row["end"] = round(row["start"] - t0, 6), round(row["end"] - row["start"], 6)
-        row["setup"], row["compute"] = round(row["setup"], 6), round(row["compute"], 6)
+    table = {name: [getattr(r, name) for r in records] for name in _HEADER_FIELDS}
+    table["state"] = [state.value for state in table["state"]]
+    table["start"], table["end"] = ([round(r.start - t0, 6) for r in records],
+                                    [round(r.end - r.start, 6) for r in records])
+    table["setup"], table["compute"] = [round(t, 6) for t in table["setup"]], [round(t, 6) for t in table["compute"]]
     common, columns = {}, {}
-    for name in rows[0]:
-        values = [row[name] for row in rows]
-        if all(v == values[0] for v in values):
+    for name, values in table.items():
+        if values.count(values[0]) == len(values):
             common[name] = values[0]
         else:
             columns[name] = values
@@ -373,10 +382,61 @@ def encode_records(records: list[Record], key: bytes, job_id: str) -> bytes:
     return GROUP_MAGIC + seal(key, f"{job_id}/status", body)
 
 
-def decode_records(data: bytes, key: bytes, job_id: str) -> list[Record]:
+class RecordGroup:
+    """The verified records of one status object, kept as stored: column by column.
+
+    A client holding a million finished calls keeps them in this form, tens of bytes each, and
+    builds a `Record` only when one is asked for; the state and result of each are at hand without.
+    """
+
+    __slots__ = ("call_ids", "states", "_t0", "_common", "_columns", "_body", "_logs", "_outputs")
+
+    def __init__(self, t0: float, common: dict[str, Any], columns: dict[str, list], body: bytes,
+                 logs: list[tuple[int, int]], outputs: list[tuple[int, int]]) -> None:
+        n = len(logs)
+        if n < 1 or len(outputs) != n or any(len(c) != n for c in columns.values()):
+            raise ValueError("truncated group")
+        self.call_ids: list[int] = [int(i) for i in columns["call_id"]] if "call_id" in columns else [int(common["call_id"])] * n
+        self.states: list[CallState] = ([CallState(v) for v in columns["state"]] if "state" in columns
+                                        else [CallState(common["state"])] * n)
+        self._t0, self._common, self._columns = t0, common, columns
+        self._body, self._logs, self._outputs = body, logs, outputs
+        for name in ("host", "worker"):
+            if name in common:
+                common[name] = sys.intern(str(common[name]))
+        self.record(0)  # every field is checked once here, not when a record is first asked for
+
+    def column(self, name: str) -> list[Any]:
+        """One header field of every record."""
+        column = self._columns.get(name)
+        return [self._common[name]] * len(self.call_ids) if column is None else column
+
+    def ends(self) -> list[float]:
+        """When each call ended."""
+        return [self._t0 + start + took for start, took in zip(self.column("start"), self.column("end"))]
+
+    def output(self, i: int) -> bytes:
+        """The i-th call's inline result or error, as pickled (covered by the group's MAC)."""
+        return self._body[slice(*self._outputs[i])]
+
+    def record(self, i: int) -> Record:
+        """The i-th record, built now."""
+        row = {**self._common, **{name: values[i] for name, values in self._columns.items()}}
+        row["state"] = self.states[i]
+        row["start"] = self._t0 + row["start"]
+        row["end"] = row["start"] + row["end"]
+        row["host"], row["worker"] = sys.intern(row["host"]), sys.intern(row["worker"])
+        return Record(**row, log=self._body[slice(*self._logs[i])], output=self.output(i))
+
+
+def decode_group(data: bytes, key: bytes, job_id: str) -> RecordGroup:
     """The verified records in a status object, one or a group; raise as `Record.decode` does."""
     if not data.startswith(GROUP_MAGIC):
-        return [Record.decode(data, key, job_id)]
+        record = Record.decode(data, key, job_id)
+        header = record.header()
+        header["start"], header["end"] = 0.0, record.end - record.start
+        log, out = len(record.log), len(record.output)
+        return RecordGroup(record.start, header, {}, record.log + record.output, [(0, log)], [(log, log + out)])
     try:
         body = unseal(key, f"{job_id}/status", data[len(GROUP_MAGIC):])
     except PayloadRejectedError:
@@ -388,19 +448,17 @@ def decode_records(data: bytes, key: bytes, job_id: str) -> list[Record]:
         n, t0, common, columns = int(head["n"]), float(head["t0"]), head["common"], head["columns"]
         logs, at = _split(body, line_end + 1, head["log"], n)
         outputs, end = _split(body, at, head["output"], n)
-        if line_end < 0 or end != len(body) or n < 1 or any(len(c) != n for c in columns.values()):
+        if line_end < 0 or end != len(body):
             raise ValueError("truncated group")
-        records = []
-        for i in range(n):
-            row = {**common, **{name: values[i] for name, values in columns.items()}}
-            row["state"] = CallState(row["state"])
-            row["start"] = t0 + row["start"]
-            row["end"] = row["start"] + row["end"]
-            row["host"], row["worker"] = sys.intern(row["host"]), sys.intern(row["worker"])
-            records.append(Record(**row, log=body[slice(*logs[i])], output=body[slice(*outputs[i])]))
-        return records
+        return RecordGroup(t0, common, columns, body, logs, outputs)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
         raise RecordError(f"corrupt burstmap record group: {e}") from None
+
+
+def decode_records(data: bytes, key: bytes, job_id: str) -> list[Record]:
+    """The verified records in a status object, one or a group; raise as `Record.decode` does."""
+    group = decode_group(data, key, job_id)
+    return [group.record(i) for i in range(len(group.call_ids))]
 
 
 def _split(body: bytes, at: int, sizes: list[int], n: int) -> tuple[list[tuple[int, int]], int]:

@@ -7,12 +7,14 @@ with a wrong or missing seal, or copied from another job or call, is refused bef
 
 from __future__ import annotations
 
+import _pickle
 import hmac
 import inspect
 import io
 import pickle
 import reprlib
 import shutil
+import struct
 import sys
 import sysconfig
 import tempfile
@@ -27,8 +29,8 @@ import cloudpickle
 
 from .errors import PayloadRejectedError, SerializationError
 
-__all__ = ["seal", "unseal", "excluding", "seal_value", "spool_value", "Spool", "dumps_function", "dumps_calls", "dumps_value",
-           "loads", "load_stream"]
+__all__ = ["seal", "unseal", "excluding", "seal_value", "spool_value", "Spool", "dumps_function", "dumps_calls",
+           "dumps_value", "InputBlock", "loads", "load_stream"]
 
 MAC_SIZE = 32
 _ONE_SHOT = 64 * 1024  # payloads up to this size are copied once to be MACed in one call: faster than feeding
@@ -213,27 +215,72 @@ def _global_names(code: CodeType) -> Iterator[str]:
             yield from _global_names(const)
 
 
-def dumps_calls(calls: Iterable[Any], key: bytes, job_id: str) -> tuple[bytes, list[int]]:
-    """Pickle and seal every call's input into one data object; return it and the N+1 offsets."""
+#: Calls' inputs are sealed in blocks of about this many bytes, or this many calls, under one MAC each.
+BLOCK_BYTES = 64 * 1024
+BLOCK_CALLS = 1024
+_BLOCK_HEAD = struct.Struct("<QI")  # the block's first call, and how many calls it holds
+
+
+def dumps_calls(calls: Iterable[Any], key: bytes, job_id: str) -> tuple[bytes, list[tuple[int, int]]]:
+    """Pickle every call's input into one data object of sealed blocks; return it and where each block starts.
+
+    Each input is pickled on its own, so no two calls ever share an object, but they are sealed
+    in blocks of about `BLOCK_BYTES` under one MAC: a MAC per call costs more than pickling a
+    small input. The blocks are returned as ``(first call, first byte)`` pairs, then
+    ``(number of calls, size)``; `InputBlock` reads one back.
+    """
     buf = io.BytesIO()
     pickler = cloudpickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
-    parts, offsets, total = [], [0], 0
+    parts, blocks, ends, total, first = [], [], [], 0, 0
+
+    def seal_block() -> None:
+        nonlocal total, first
+        head = _BLOCK_HEAD.pack(first, len(ends)) + struct.pack(f"<{len(ends)}I", *ends)
+        blob = seal(key, f"{job_id}/data@{total}", head + buf.getvalue())
+        blocks.append((first, total))
+        parts.append(blob)
+        total, first = total + len(blob), first + len(ends)
+        buf.seek(0)
+        buf.truncate()
+        ends.clear()
+
     with _user_modules_by_value():
         for i, call in enumerate(calls):
-            buf.seek(0)
-            buf.truncate()
             try:
-                pickler.dump(call)
+                _pickle.Pickler.dump(pickler, call)
             except Exception as e:
                 raise SerializationError(
                     f"cannot pickle the input of call {i} ({reprlib.repr(call)}): {type(e).__name__}: {e}"
                 ) from e
             pickler.clear_memo()
-            blob = seal(key, f"{job_id}/data/{i}", buf.getvalue())
-            parts.append(blob)
-            total += len(blob)
-            offsets.append(total)
-    return b"".join(parts), offsets
+            ends.append(buf.tell())
+            if ends[-1] >= BLOCK_BYTES or len(ends) >= BLOCK_CALLS:
+                seal_block()
+        if ends:
+            seal_block()
+    blocks.append((first, total))
+    return b"".join(parts), blocks
+
+
+class InputBlock:
+    """A verified block of calls' inputs (as `dumps_calls` wrote it), read back from ``start`` in the data object."""
+
+    def __init__(self, key: bytes, job_id: str, start: int, blob: bytes) -> None:
+        payload = _verified(key, f"{job_id}/data@{start}", blob)
+        try:
+            self.first, count = _BLOCK_HEAD.unpack_from(payload)
+            self._ends = struct.unpack_from(f"<{count}I", payload, _BLOCK_HEAD.size)
+        except struct.error:
+            raise PayloadRejectedError(f"the inputs of job {job_id} at byte {start} are not a block") from None
+        self._pickles = payload[_BLOCK_HEAD.size + 4 * count:]
+
+    def __contains__(self, call_id: int) -> bool:
+        return 0 <= call_id - self.first < len(self._ends)
+
+    def load(self, call_id: int) -> Any:
+        """Unpickle one call's input."""
+        i = call_id - self.first
+        return pickle.loads(self._pickles[self._ends[i - 1] if i else 0:self._ends[i]])
 
 
 def dumps_value(value: Any) -> bytes:
@@ -245,45 +292,71 @@ def dumps_value(value: Any) -> bytes:
 
 
 class Spool:
-    """A sealed pickle being written: fed to an HMAC and to a file kept in memory up to a limit, on disk beyond."""
+    """A sealed pickle being written: kept in memory up to a limit, in a temporary file beyond.
+
+    Its MAC is computed only when asked for, over the pieces in memory or as they go to the file,
+    so a small result that a signed record carries inline costs neither a file nor a MAC.
+    """
 
     def __init__(self, key: bytes, identity: str, memory_limit: int) -> None:
-        self.file = tempfile.SpooledTemporaryFile(max_size=memory_limit, prefix="burstmap-")
         self.size = 0
+        self.file: BinaryIO | None = None
+        self._key = key
+        self._identity = identity
         self._limit = memory_limit
-        self._hmac = _hmac(key, identity)
+        self._parts: list[bytes] = []
+        self._hmac: Any = None
 
     def write(self, chunk: bytes | memoryview) -> int:
-        """Take the next piece of the payload; a piece that would cross the limit goes straight to disk."""
+        """Take the next piece of the payload; the piece that crosses the limit moves it all to disk."""
         size = memoryview(chunk).nbytes
-        if self.size + size > self._limit:
-            self.file.rollover()
-        self._hmac.update(chunk)
+        if self.file is None and self.size + size > self._limit:
+            self.file = tempfile.TemporaryFile(prefix="burstmap-")
+            self._hmac = _hmac(self._key, self._identity)
+            for part in self._parts:
+                self._to_file(part)
+            self._parts = []
         self.size += size
-        return self.file.write(chunk)
+        if self.file is not None:
+            self._to_file(chunk)
+        else:
+            self._parts.append(chunk if type(chunk) is bytes else bytes(chunk))
+        return size
+
+    def _to_file(self, chunk: bytes | memoryview) -> None:
+        self._hmac.update(chunk)
+        self.file.write(chunk)
 
     @property
     def mac(self) -> bytes:
+        if self.file is None:
+            return _mac(self._key, self._identity, self.payload())
         return self._hmac.digest()
 
     def payload(self) -> bytes:
         """The payload alone (for small payloads that a signed record carries)."""
+        if self.file is None:
+            return self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
         self.file.seek(0)
         return self.file.read()
 
     def sealed(self) -> bytes:
         """The MAC and the payload as one blob (for small payloads)."""
-        self.file.seek(0)
-        return self.mac + self.file.read()
+        return self.mac + self.payload()
 
     def copy_to(self, target: BinaryIO) -> None:
         """Write the MAC and then the payload to ``target`` in chunks."""
-        self.file.seek(0)
         target.write(self.mac)
+        if self.file is None:
+            for part in self._parts:
+                target.write(part)
+            return
+        self.file.seek(0)
         shutil.copyfileobj(self.file, target, _COPY_CHUNK)
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
     def __enter__(self) -> Spool:
         return self

@@ -12,14 +12,16 @@ right before handing them to a worker, and tell it about calls whose outcome can
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from .errors import BurstmapError, PayloadRejectedError, SerializationError, StorageError
-from .future import Deferred, ResponseFuture, rebuild_error
-from .job import CHUNK, CallState, Manifest, Record, RecordError, call_ids_of, decode_records, load_output
+from .future import Deferred, ResponseFuture, rebuild_error, settle, take_all
+from .job import CHUNK, CallState, Manifest, Record, RecordError, RecordGroup, call_ids_of, decode_group, load_output
 from .lease import Leases
 from .stats import JobSummary
 from .storage.base import Storage
@@ -34,29 +36,53 @@ _BACKOFF = 1.25
 _EAGER = 0.005  # poll at the shortest interval this long after a job starts or a call finishes
 _OUTAGES = (StorageError, OSError)  # what a store raises while it is unreachable: waited out
 
-#: The futures of one job's calls that still wait for a record; several for a call attached twice.
+#: The futures of some of a job's calls, by call id.
 Calls = dict[int, list[ResponseFuture]]
 
 
 class _Job:
-    """A watched job: its calls still waiting, counted per status group (so that a poll never walks them
-    all), and its outcomes counted as found, for its summary."""
+    """A watched job: the futures of its calls still waiting, one slot per call (a list in the slot when a call
+    was attached twice), and how many wait in each status group, so that a poll never walks them all. Its
+    outcomes are counted as found, for its summary."""
 
     def __init__(self, manifest: Manifest) -> None:
         self.layout = manifest.layout
-        self.calls: Calls = {}
+        self.slots: list[Any] = [None] * manifest.n_calls
+        self.left = 0
         self.chunks: Counter[int] = Counter()
         self.summary = JobSummary.of(manifest, ())
 
-    def add(self, future: ResponseFuture) -> None:
-        if future.call_id not in self.calls:
-            self.chunks[future.call_id // CHUNK] += 1
-        self.calls.setdefault(future.call_id, []).append(future)
+    def add(self, futures: Iterable[ResponseFuture]) -> None:
+        slots, fresh = self.slots, []
+        for future in futures:
+            held = slots[future.call_id]
+            if held is None:
+                slots[future.call_id] = future
+                fresh.append(future.call_id)
+            elif type(held) is list:
+                held.append(future)
+            else:
+                slots[future.call_id] = [held, future]
+        self.left += len(fresh)
+        self.chunks.update(call_id // CHUNK for call_id in fresh)
+
+    def waits(self, call_id: int) -> bool:
+        return 0 <= call_id < len(self.slots) and self.slots[call_id] is not None
+
+    def futures(self, call_id: int) -> list[ResponseFuture]:
+        held = self.slots[call_id] if 0 <= call_id < len(self.slots) else None
+        return [] if held is None else held if type(held) is list else [held]
+
+    def waiting(self) -> Calls:
+        """Every call still waiting, with its futures."""
+        return {i: held if type(held) is list else [held] for i, held in enumerate(self.slots) if held is not None}
 
     def pop(self, call_id: int) -> list[ResponseFuture]:
         """The futures of a call, no longer waiting (none if it was not)."""
-        futures = self.calls.pop(call_id, [])
+        futures = self.futures(call_id)
         if futures:
+            self.slots[call_id] = None
+            self.left -= 1
             self.chunks[call_id // CHUNK] -= 1
             if not self.chunks[call_id // CHUNK]:
                 del self.chunks[call_id // CHUNK]
@@ -66,36 +92,50 @@ class _Job:
         """Stop waiting for calls whose futures were all cancelled: no record will come for them. Their
         waiters (`concurrent.futures.wait`) hear of it now, as a standard executor's would when it drops
         them. Return how many calls."""
-        cancelled = [i for i, futures in self.calls.items() if all(f.done() for f in futures)]
-        for call_id in cancelled:
-            for future in self.pop(call_id):
-                future.take()
+        cancelled = [i for i, futures in self.waiting().items() if all(f.done() for f in futures)]
+        take_all(f for call_id in cancelled for f in self.pop(call_id))
         return len(cancelled)
 
 
-def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record) -> None:
-    """Finish a future from its stored status record."""
-    layout, call_id = future.layout, future.call_id
-    identity = f"{layout.job_id}/out/{call_id}"
+def outcome(storage: Storage, key: bytes, job_id: str, record: Record) -> tuple[Any, BaseException | None]:
+    """The value or the error a call's future ends with, from its verified status record."""
+    identity = f"{job_id}/out/{record.call_id}"
     if record.state not in (CallState.OK, CallState.ERROR):
-        future._finish(record, error=rebuild_error(record, None, False))
-        return
+        return None, rebuild_error(record, None, False)
     if record.output_key and record.state is CallState.OK:
-        future._finish(record, Deferred(lambda: _load_large(storage, key, identity, record)))
-        return
+        return Deferred(lambda: _load_large(storage, key, identity, record)), None
     try:
         value, loaded = load_output(storage, key, identity, record), True
     except PayloadRejectedError as e:
-        future._finish(record, error=e)
-        return
+        return None, e
     except _OUTAGES:
         raise
     except BaseException as e:  # unpickling runs the payload's code: it may raise anything, SystemExit too
         value, loaded = f"{type(e).__name__}: {e}", False
     if record.state is CallState.OK and loaded:
-        future._finish(record, value)
-    else:
-        future._finish(record, error=rebuild_error(record, value, loaded))
+        return value, None
+    return None, rebuild_error(record, value, loaded)
+
+
+def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record) -> None:
+    """Finish a future from its stored status record."""
+    value, error = outcome(storage, key, future.job_id, record)
+    future._finish(record, value, error)
+
+
+def _group_outcome(storage: Storage, key: bytes, job_id: str, group: RecordGroup, i: int,
+                   plain: bool) -> tuple[Any, BaseException | None]:
+    """`outcome` of the i-th record of a group; a ``plain`` one (a result inline) is unpickled without
+    building its record."""
+    output = group.output(i) if plain else b""
+    if output:
+        try:
+            return pickle.loads(output), None
+        except _OUTAGES:
+            raise
+        except BaseException:
+            pass  # the general path says what went wrong
+    return outcome(storage, key, job_id, group.record(i))
 
 
 def _load_large(storage: Storage, key: bytes, identity: str, record: Record) -> object:
@@ -139,8 +179,7 @@ class Watcher:
             if self._stopped:
                 raise RuntimeError("cannot watch calls after the executor was shut down")
             job = self._jobs.get(layout.job_id) or self._jobs.setdefault(layout.job_id, _Job(manifest))
-            for future in futures:
-                job.add(future)
+            job.add(futures)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="burstmap-watcher", daemon=True)
                 self._thread.start()
@@ -149,22 +188,22 @@ class Watcher:
     def take(self, job_id: str, call_ids: Sequence[int]) -> list[int]:
         """The `CallBoard` side: mark calls as handed to a worker; return those some future still wants."""
         with self._lock:
-            calls = self._jobs[job_id].calls if job_id in self._jobs else {}
-            chosen = {i: list(calls.get(i, ())) for i in call_ids}
-        return [i for i, futures in chosen.items() if any([f.take() for f in futures])]  # a list: take them all
+            job = self._jobs.get(job_id)
+            chosen = {i: job.futures(i) if job else [] for i in call_ids}
+        wanted = take_all(f for futures in chosen.values() for f in futures)
+        return [i for i, futures in chosen.items() if any(f in wanted for f in futures)]
 
     def fail(self, job_id: str, call_ids: Sequence[int], error: BaseException) -> None:
         """The `CallBoard` side: finish calls with ``error`` because their outcome cannot reach the store."""
         with self._lock:
             job = self._jobs.get(job_id)
             futures = [f for i in call_ids for f in job.pop(i)] if job else []
-        for future in futures:
-            future._finish(None, error=error)
+        settle((future, None, None, error) for future in futures)
 
     def pending(self) -> list[ResponseFuture]:
         """The futures still waiting for their call's record (neither finished nor cancelled)."""
         with self._lock:
-            futures = [f for job in self._jobs.values() for fs in job.calls.values() for f in fs]
+            futures = [f for job in self._jobs.values() for fs in job.waiting().values() for f in fs]
         return [f for f in futures if not f.done()]
 
     def close(self, error: Callable[[str], BaseException]) -> None:
@@ -188,9 +227,7 @@ class Watcher:
         with self._lock:
             jobs, self._jobs = self._jobs, {}
         for job_id, job in jobs.items():
-            for futures in job.calls.values():
-                for future in futures:
-                    future._finish(None, error=error(job_id))
+            settle((f, None, None, error(job_id)) for futures in job.waiting().values() for f in futures)
 
     def _loop(self) -> None:
         """Poll until stopped. Nothing ends it: an unexpected error is logged and fails the futures watched."""
@@ -226,15 +263,14 @@ class Watcher:
     def _finish_key(self, job: _Job, key: str) -> int:
         """Finish the waiting futures whose records a status key holds; return how many calls."""
         with self._lock:
-            taken = {i: job.pop(i) for i in call_ids_of(key) or () if i in job.calls}
+            taken = {i: job.pop(i) for i in call_ids_of(key) or () if job.waits(i)}
         if not taken:
             return 0
         try:
             self._finish_calls(job, key, taken)
         except _OUTAGES:
             with self._lock:
-                for future in (f for futures in taken.values() for f in futures if not f.done()):
-                    job.add(future)
+                job.add(f for futures in taken.values() for f in futures if not f.done())
             raise
         return len(taken)
 
@@ -243,24 +279,27 @@ class Watcher:
         job_id = job.layout.job_id
         data = self._storage.get(key)
         try:
-            records = {r.call_id: r for r in decode_records(data, self._key, job_id)}
+            group = decode_group(data, self._key, job_id)
         except (RecordError, PayloadRejectedError) as e:
-            for future in (f for futures in taken.values() for f in futures):
-                future._finish(None, error=type(e)(f"{key}: {e}"))
+            settle((f, None, None, type(e)(f"{key}: {e}")) for futures in taken.values() for f in futures)
             return
+        index = {call_id: i for i, call_id in enumerate(group.call_ids)}
         with self._lock:
-            job.summary.add(records[i] for i in taken if i in records)
+            job.summary.count(group, [index[c] for c in taken if c in index])
+        plain = [state is CallState.OK and not large for state, large in zip(group.states, group.column("output_key"))]
+        outcomes = []
         for call_id, futures in taken.items():
-            record = records.get(call_id)
-            for future in futures:
-                try:
-                    if record is None:
-                        raise RecordError(f"{key} holds no record of call {call_id}")
-                    finish(future, self._storage, self._key, record)
-                except _OUTAGES:
-                    raise
-                except BaseException as e:
-                    future._finish(record, error=e)
+            i = index.get(call_id)
+            try:
+                if i is None:
+                    raise RecordError(f"{key} holds no record of call {call_id}")
+                value, error = _group_outcome(self._storage, self._key, job_id, group, i, plain[i])
+            except _OUTAGES:
+                raise
+            except BaseException as e:
+                value, error = None, e
+            outcomes += [(future, None if i is None else (group, i), value, error) for future in futures]
+        settle(outcomes)
 
     def _poll(self, prune: bool = True) -> tuple[int, float]:
         """Finish what has appeared; return how many, and the seconds spent listing.
@@ -284,7 +323,7 @@ class Watcher:
                 for key in keys:
                     found += self._finish_key(job, key)
             with self._lock:
-                ended = not job.calls and self._jobs.get(job.layout.job_id) is job
+                ended = not job.left and self._jobs.get(job.layout.job_id) is job
                 if ended:
                     del self._jobs[job.layout.job_id]
             if ended:

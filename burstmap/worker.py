@@ -6,11 +6,11 @@ stdout/stderr captured, and writes the call's status record last, as the complet
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import resource
 import socket
+import sys
 import time
 import traceback
 from collections import OrderedDict
@@ -22,7 +22,7 @@ from .errors import KeyNotFoundError, PayloadRejectedError, StorageError
 from .job import CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_records, load_output, read_record
 from .piece import DataPiece
 from .scratch import Scratch
-from .serialize import MAC_SIZE, Spool, loads, spool_value
+from .serialize import MAC_SIZE, InputBlock, Spool, loads, spool_value
 from .storage import Patient
 from .storage.base import Storage
 
@@ -64,27 +64,31 @@ class Handler:
         self.group_window = group_window
         self._functions: OrderedDict[str, Any] = OrderedDict()
         self._window: tuple[str, int, bytes] | None = None
+        self._block: tuple[tuple[str, int], InputBlock] | None = None
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[int], None] | None = None,
             on_durable: Callable[[int], None] | None = None) -> None:
         """Run tasks in order; ``on_start(i)`` before the i-th starts, ``on_durable(n)`` once the first n are stored."""
         self._prefetch(tasks)
         group: list[tuple[Task, Record]] = []
-        for i, task in enumerate(tasks):
-            if on_start:
-                on_start(i)
-            record = self.execute(task)
-            if group and not _joins(group, task):
-                self._write(group)
-                group = []
-                if on_durable:
-                    on_durable(i)
-            group.append((task, record))
-            if i == len(tasks) - 1 or time.time() - group[0][1].end >= self.group_window:
-                self._write(group)
-                group = []
-                if on_durable:
-                    on_durable(i + 1)
+        try:
+            for i, task in enumerate(tasks):
+                if on_start:
+                    on_start(i)
+                record = self.execute(task)
+                if group and not _joins(group, task):
+                    self._write(group)
+                    group = []
+                    if on_durable:
+                        on_durable(i)
+                group.append((task, record))
+                if i == len(tasks) - 1 or time.time() - group[0][1].end >= self.group_window:
+                    self._write(group)
+                    group = []
+                    if on_durable:
+                        on_durable(i + 1)
+        finally:
+            self._window = self._block = None  # a large input is not kept past its batch
 
     def run_task(self, task: Task) -> Record:
         """Run one task and write its status record; user errors become records, not exceptions."""
@@ -117,12 +121,15 @@ class Handler:
         log = io.StringIO()
         began = time.time()
         record.setup = began - record.start
+        saved = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = log
         try:
-            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                value = func(*args, **kwargs)
+            value = func(*args, **kwargs)
         except BaseException as e:
             record.state, record.error = CallState.ERROR, _error_fields(e)
             value = e
+        finally:
+            sys.stdout, sys.stderr = saved
         record.compute = time.time() - began
         record.log = log.getvalue().encode("utf-8", "replace")
         self._store_value(task, value, record)
@@ -131,8 +138,10 @@ class Handler:
     def load(self, task: Task) -> tuple[Callable, tuple, dict]:
         """Read, verify and unpickle a task's function and arguments."""
         func = self._function(task)
-        args, kwargs = loads(self._key, f"{task.job_id}/data/{task.call_id}", self._input(task))
-        return func, tuple(self._resolve(a) for a in args), {k: self._resolve(v) for k, v in kwargs.items()}
+        args, kwargs = self._inputs(task).load(task.call_id)
+        if any(isinstance(a, _BOUND) for a in args) or any(isinstance(v, _BOUND) for v in kwargs.values()):
+            return func, tuple(self._resolve(a) for a in args), {k: self._resolve(v) for k, v in kwargs.items()}
+        return func, args, kwargs
 
     def write_failure(self, task: Task, state: CallState, error: BaseException, start: float) -> None:
         """Record that a task ended outside the handler (its worker died or was stopped)."""
@@ -203,11 +212,21 @@ class Handler:
             data = self.storage.get_range(Layout(tasks[0].prefix, tasks[0].job_id).data, start, end)
             self._window = (tasks[0].job_id, start, data)
 
-    def _input(self, task: Task) -> bytes:
-        window = self._window
-        if window and window[0] == task.job_id and window[1] <= task.start and task.end <= window[1] + len(window[2]):
-            return window[2][task.start - window[1]:task.end - window[1]]
-        return self.storage.get_range(Layout(task.prefix, task.job_id).data, task.start, task.end)
+    def _inputs(self, task: Task) -> InputBlock:
+        """The verified block that holds a task's input: the last one used, or read from the batch's window,
+        or read alone."""
+        block = self._block
+        if block is None or block[0] != (task.job_id, task.start):
+            window = self._window
+            if window and window[0] == task.job_id and window[1] <= task.start and task.end <= window[1] + len(window[2]):
+                blob = memoryview(window[2])[task.start - window[1]:task.end - window[1]]
+            else:
+                blob = self.storage.get_range(Layout(task.prefix, task.job_id).data, task.start, task.end)
+            block = self._block = (task.job_id, task.start), InputBlock(self._key, task.job_id, task.start, blob)
+        if task.call_id not in block[1]:
+            raise PayloadRejectedError(f"the block of inputs at byte {task.start} of job {task.job_id} does not hold "
+                                       f"call {task.call_id}")
+        return block[1]
 
     def _resolve(self, arg: Any) -> Any:
         if isinstance(arg, DataPiece):
@@ -225,6 +244,10 @@ class Handler:
         if record.state is not CallState.OK:
             raise value
         return value
+
+
+#: What a worker binds to its store, or loads from it, before a call sees it.
+_BOUND = (DataPiece, Scratch, OutputRefs)
 
 
 def _joins(group: list[tuple[Task, Record]], task: Task) -> bool:

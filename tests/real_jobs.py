@@ -43,6 +43,6 @@ def wait_done(futures: list) -> list:
 def unstarted_job(store: LocalStorage, job_id: str, submitted: float, n_calls: int = 3) -> Manifest:
     """Store the manifest of a job whose calls have not run yet: what a job looks like just after submit."""
     manifest = Manifest(job_id=job_id, prefix="burstmap", function="tests.real_jobs.square",
-                        offsets=tuple(range(n_calls + 1)), submitted=submitted, host="test")
+                        blocks=((0, 0), (n_calls, 0)), submitted=submitted, host="test")
     store.put(manifest.layout.manifest, manifest.encode(SECRET.encode()))
     return manifest

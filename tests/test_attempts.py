@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 
@@ -20,7 +19,7 @@ def store(tmp_path) -> LocalStorage:
 
 @pytest.fixture
 def batch() -> Batch:
-    return Batch.of(Manifest("job-1", "pre", "f", (0, 1, 2, 3, 4), 1.0, "host", timeout=2.0, worker_retries=1),
+    return Batch.of(Manifest("job-1", "pre", "f", ((0, 0), (4, 4)), 1.0, "host", timeout=2.0, worker_retries=1),
                     range(4))
 
 
@@ -47,7 +46,7 @@ def test_a_death_within_the_budget_is_a_re_run_and_past_it_a_died_record(store, 
 def test_a_durable_status_is_never_blamed_timed_out_or_overwritten(store, batch):
     attempts = Attempts(store, KEY, "w")
     store_ok(store, 1)
-    assert attempts.died(dataclasses.replace(batch.tasks[1], attempt=5), 1, "worker w", "exit code 9") is None
+    assert attempts.died(batch.tasks[1]._replace(attempt=5), 1, "worker w", "exit code 9") is None
     attempts.timed_out(batch.tasks[1], 2.0, "worker w")
     attempts.rejected(list(batch.tasks[:2]), "another key")
     assert record(store, 1).state is CallState.OK

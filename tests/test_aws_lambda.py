@@ -258,7 +258,7 @@ def _started(aws: str, storage: S3Storage, board: Board, invoker: object) -> Lam
     return backend
 
 
-MANIFEST = Manifest("job-of-3", "direct", "square", (0, 10, 20, 30), 0.0, "here")
+MANIFEST = Manifest("job-of-3", "direct", "square", ((0, 0), (3, 30)), 0.0, "here")
 
 
 def _failed_calls(aws: str, storage: S3Storage, invoker: object) -> dict[int, BaseException]:

@@ -35,24 +35,25 @@ def test_a_refusal_signed_with_another_key_names_the_worker_and_the_likely_cause
 
 
 def test_manifest_round_trip_and_ranges():
-    manifest = Manifest("job-1", "pre", "mod.f", (0, 10, 25), 1.0, "host", timeout=5.0)
+    manifest = Manifest("job-1", "pre", "mod.f", ((0, 0), (2, 10), (3, 25)), 1.0, "host", timeout=5.0)
     back = Manifest.decode(manifest.encode(KEY), KEY, "job-1")
-    assert back == manifest and back.n_calls == 2 and back.data_range(1) == (10, 25)
+    assert back == manifest and back.n_calls == 3
+    assert [back.data_range(i) for i in range(3)] == [(0, 10), (0, 10), (10, 25)]
 
 
 def test_a_manifest_edited_or_moved_to_another_job_is_refused():
-    blob = Manifest("job-1", "pre", "mod.f", (0, 10, 25), 1.0, "host").encode(KEY)
-    for forged, job_id in ((blob.replace(b"[0, 10, 25]", b"[0, 10]    "), "job-1"),
+    blob = Manifest("job-1", "pre", "mod.f", ((0, 0), (2, 25)), 1.0, "host").encode(KEY)
+    for forged, job_id in ((blob.replace(b"[[0, 0], [2, 25]]", b"[[0, 0], [3, 25]]"), "job-1"),
                            (blob.replace(b'"job-1"', b'"job-2"'), "job-2"), (blob, "job-2")):
         with pytest.raises(RecordError, match="failed HMAC verification"):
             Manifest.decode(forged, KEY, job_id)
 
 
 def test_batch_round_trip_and_forgeries():
-    manifest = Manifest("job-1", "pre", "f", (0, 10, 20, 30), 1.0, "host", timeout=3.0, worker_retries=1)
+    manifest = Manifest("job-1", "pre", "f", ((0, 0), (2, 20), (3, 30)), 1.0, "host", timeout=3.0, worker_retries=1)
     batch = Batch.of(manifest, [1, 2], {2: 3})
     back = Batch.decode(KEY, batch.encode(KEY))
-    assert back == batch and [(t.call_id, t.start, t.end, t.attempt) for t in back.tasks] == [(1, 10, 20, 1), (2, 20, 30, 3)]
+    assert back == batch and [(t.call_id, t.start, t.end, t.attempt) for t in back.tasks] == [(1, 0, 20, 1), (2, 20, 30, 3)]
     with pytest.raises(PayloadRejectedError):
         Batch.decode(b"another key", batch.encode(KEY))
     with pytest.raises(PayloadRejectedError):

@@ -179,7 +179,7 @@ def test_a_dispatcher_that_cannot_go_on_fails_the_calls_it_holds_and_the_next_on
     board = BrokenBoard()
     backend = LocalBackend(workers=1)
     backend.start(LocalStorage(tmp_path), TEST_SECRET.encode(), board)
-    manifest = Manifest("job-of-3", "burstmap", "square", (0, 10, 20, 30), 0.0, "here")
+    manifest = Manifest("job-of-3", "burstmap", "square", ((0, 0), (3, 30)), 0.0, "here")
     try:
         backend.run(manifest, [0, 1])
         while len(board.failed) < 2:

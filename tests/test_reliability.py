@@ -122,8 +122,8 @@ def test_payload_signed_with_another_key_is_refused_and_never_unpickled(tmp_path
     mark = tmp_path / "unpickled"
     forged_key = b"an attacker's key"
     job_id = "forged-0001"
-    data, offsets = dumps_calls([((LeavesAMark(str(mark)),), {})], forged_key, job_id)
-    manifest = Manifest(job_id, "burstmap", "evil", tuple(offsets), time.time(), "elsewhere")
+    data, blocks = dumps_calls([((LeavesAMark(str(mark)),), {})], forged_key, job_id)
+    manifest = Manifest(job_id, "burstmap", "evil", tuple(blocks), time.time(), "elsewhere")
     store.put(manifest.layout.manifest, manifest.encode(TEST_SECRET.encode()))
     store.put(manifest.layout.func, seal(forged_key, f"{job_id}/func", dumps_function(print)))
     store.put(manifest.layout.data, data)

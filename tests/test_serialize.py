@@ -17,7 +17,8 @@ import burstmap
 from burstmap.backends.local import LocalBackend
 
 from burstmap.errors import PayloadRejectedError, SerializationError
-from burstmap.serialize import dumps_calls, dumps_function, dumps_value, load_stream, loads, seal, seal_value, unseal
+from burstmap.serialize import (BLOCK_BYTES, BLOCK_CALLS, InputBlock, dumps_calls, dumps_function, dumps_value, load_stream,
+                                loads, seal, seal_value, unseal)
 from burstmap.storage.local import LocalStorage
 
 from .conftest import subprocess_env
@@ -68,12 +69,22 @@ def test_a_changed_stream_is_refused_before_unpickling(tmp_path: Path, change) -
     assert marker.exists()
 
 
-def test_calls_are_sealed_one_by_one():
-    data, offsets = dumps_calls([((1,), {}), ((2,), {"x": 3})], KEY, "job")
-    assert len(offsets) == 3 and offsets[-1] == len(data)
-    assert loads(KEY, "job/data/1", data[offsets[1]:offsets[2]]) == ((2,), {"x": 3})
+def test_calls_are_sealed_in_blocks_and_unpickled_one_by_one():
+    shared = ["one list in every input"]
+    calls = [((i, shared), {}) for i in range(BLOCK_CALLS + 5)] + [((b"x" * BLOCK_BYTES,), {}), ((7,), {"x": 3})]
+    data, blocks = dumps_calls(calls, KEY, "job")
+    assert [first for first, _ in blocks] == [0, BLOCK_CALLS, BLOCK_CALLS + 6, len(calls)]
+    assert blocks[-1][1] == len(data)
+    (_, start), (_, end) = blocks[1], blocks[2]
+    block = InputBlock(KEY, "job", start, data[start:end])
+    assert BLOCK_CALLS in block and BLOCK_CALLS + 5 in block and BLOCK_CALLS - 1 not in block
+    one, two = block.load(BLOCK_CALLS), block.load(BLOCK_CALLS + 1)
+    assert one == ((BLOCK_CALLS, shared), {}) and one[0][1] is not two[0][1]  # no call shares an object with another
+    assert InputBlock(KEY, "job", blocks[2][1], data[blocks[2][1]:]).load(len(calls) - 1) == ((7,), {"x": 3})
     with pytest.raises(PayloadRejectedError):
-        loads(KEY, "job/data/0", data[offsets[1]:offsets[2]])
+        InputBlock(KEY, "job", 0, data[start:end])  # a block moved to another place in the data
+    with pytest.raises(PayloadRejectedError):
+        InputBlock(KEY, "other-job", start, data[start:end])
 
 
 def test_unpicklable_things_are_named():

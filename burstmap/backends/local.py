@@ -45,10 +45,10 @@ from .local_process import READY, WorkerProcess
 __all__ = ["LocalBackend"]
 
 log = logging.getLogger(__name__)
-_MAX_BATCH = 64
+_MAX_BATCH = 256
 _BATCH_SECONDS = 0.01  # quick calls are batched up to this much work per batch
 _DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
-_GROUP_WINDOW = 0.002  # quick calls' records are stored together if they finish within this many seconds
+_GROUP_WINDOW = 0.005  # quick calls' records are stored together if they finish within this many seconds
 _STUCK = 1.0  # seconds a call runs before the batches queued behind it on its worker go to idle ones
 _STARTUP_TRIES = 3  # workers that die before taking work, in a row, before their calls are failed
 _STARTUP_PAUSE = 0.1, 10.0  # the pause before replacing such a worker doubles from the first to the second
@@ -156,13 +156,64 @@ class _Pace:
         return max(1, min(_MAX_BATCH, fair_share, int(_BATCH_SECONDS / max(per_call, 1e-6)))), _DEPTH
 
 
+class _Queue:
+    """Calls waiting for a worker, in order, as runs of one job's calls: a job of a million calls is one
+    entry until workers take it, not a million."""
+
+    def __init__(self) -> None:
+        self._runs: deque[tuple[Manifest, Sequence[int], dict[int, int] | None]] = deque()  # attempts, if not 1
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
+        """Queue calls at their first attempt."""
+        self._runs.append((manifest, call_ids, None))
+        self._size += len(call_ids)
+
+    def put_back(self, items: Sequence[tuple[Manifest, int, int]]) -> None:
+        """Queue ``(manifest, call, attempt)`` items again, in order, ahead of everything else."""
+        runs: list[tuple[Manifest, list[int], dict[int, int]]] = []
+        for manifest, call_id, attempt in items:
+            if not runs or runs[-1][0] is not manifest:
+                runs.append((manifest, [], {}))
+            runs[-1][1].append(call_id)
+            runs[-1][2][call_id] = attempt
+        self._runs.extendleft(reversed(runs))
+        self._size += len(items)
+
+    def head(self) -> Manifest:
+        """The job of the next call."""
+        return self._runs[0][0]
+
+    def take(self, size: int) -> tuple[Manifest, dict[int, int]]:
+        """Up to ``size`` next calls, all of the next call's job, with their attempts."""
+        manifest, taken = self._runs[0][0], {}
+        while self._runs and len(taken) < size and self._runs[0][0] is manifest:
+            _, call_ids, attempts = self._runs.popleft()
+            now, rest = call_ids[:size - len(taken)], call_ids[size - len(taken):]
+            taken.update({c: attempts[c] for c in now} if attempts else dict.fromkeys(now, 1))
+            self._size -= len(now)
+            if rest:
+                self._runs.appendleft((manifest, rest, attempts))
+        return manifest, taken
+
+    def drain(self) -> list[tuple[Manifest, int, int]]:
+        """Every queued ``(manifest, call, attempt)``, leaving the queue empty."""
+        items = [(m, c, attempts[c] if attempts else 1) for m, call_ids, attempts in self._runs for c in call_ids]
+        self._runs.clear()
+        self._size = 0
+        return items
+
+
 class _Pool:
     def __init__(self, size: int, storage: Storage, key: bytes, board: CallBoard) -> None:
         self._storage = storage
         self._key = key
         self._board = board
         self._attempts = Attempts(storage, key, f"local-pool:{os.getpid()}")
-        self._pending: deque[tuple[Manifest, int, int]] = deque()
+        self._pending = _Queue()
         self._lock = threading.Lock()
         self._closed = False
         self.broken: BaseException | None = None
@@ -181,7 +232,7 @@ class _Pool:
     def add(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
         with self._lock:
             if self.broken is None:
-                self._pending.extend((manifest, call_id, 1) for call_id in call_ids)
+                self._pending.append(manifest, call_ids)
                 self._wake_w.send_bytes(b"w")
                 return
         self._board.fail(manifest.job_id, call_ids, _broken(self.broken))
@@ -206,8 +257,7 @@ class _Pool:
             log.exception("burstmap: the local pool's dispatcher failed; failing the calls it holds")
             with self._lock:
                 self.broken = e
-                held = [(m, c) for m, c, _ in self._pending]
-                self._pending.clear()
+                held = [(m, c) for m, c, _ in self._pending.drain()]
             held += [(m, t.call_id) for slot in self.slots for b in slot.batches.values() for m, t in b]
             for slot in self.slots:
                 _kill_group(slot.process)
@@ -285,19 +335,16 @@ class _Pool:
             with self._lock:
                 if not self._pending or not slot.started:
                     return None
-                manifest = self._pending[0][0]
-                size, depth = self._pace.batch(manifest.job_id, len(self._pending) // (2 * len(self.slots)))
+                fair_share = len(self._pending) // (2 * len(self.slots))
+                size, depth = self._pace.batch(self._pending.head().job_id, fair_share)
                 if len(slot.batches) >= depth or slot.batches and slot.stuck(time.time()):
                     return None
-                attempts: dict[int, int] = {}
-                while self._pending and len(attempts) < size and self._pending[0][0] is manifest:
-                    _, call_id, attempt = self._pending.popleft()
-                    attempts[call_id] = attempt
+                manifest, attempts = self._pending.take(size)
             try:
                 wanted = self._board.take(manifest.job_id, list(attempts))
             except BaseException:
                 with self._lock:  # still held: the supervisor fails them with the error
-                    self._pending.extendleft(reversed([(manifest, c, a) for c, a in attempts.items()]))
+                    self._pending.put_back([(manifest, c, a) for c, a in attempts.items()])
                 raise
             if wanted:
                 return manifest, Batch.of(manifest, wanted, attempts)
@@ -330,7 +377,7 @@ class _Pool:
             taken = int(slot.progress[0])  # it may have started one meanwhile: that one stays its own
             behind = [slot.batches.pop(seq) for seq in sorted(slot.batches) if seq > taken]
             with self._lock:
-                self._pending.extendleft(reversed([(m, t.call_id, t.attempt) for batch in behind for m, t in batch]))
+                self._pending.put_back([(m, t.call_id, t.attempt) for batch in behind for m, t in batch])
 
     def _worker_died(self, slot: _Slot) -> None:
         _kill_group(slot.process)
@@ -384,8 +431,7 @@ class _Pool:
 
     def _fail_pending(self, error: BurstmapError) -> None:
         with self._lock:
-            held = list(self._pending)
-            self._pending.clear()
+            held = self._pending.drain()
         for manifest, call_id, attempt in held:
             (task,) = Batch.of(manifest, [call_id], {call_id: attempt}).tasks
             self._settle(manifest, task, lambda: self._attempts.failed([task], error, CallState.DIED))
@@ -393,7 +439,7 @@ class _Pool:
     def _replace(self, slot: _Slot, requeue: list[tuple[Manifest, Task]], pause: float = 0.0) -> None:
         slot.process.close()
         with self._lock:
-            self._pending.extendleft(reversed([(m, t.call_id, t.attempt) for m, t in requeue]))
+            self._pending.put_back([(m, t.call_id, t.attempt) for m, t in requeue])
         if pause:
             self._respawn[slot.index] = time.monotonic() + pause
         else:
