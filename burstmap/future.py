@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from tqdm.auto import tqdm
 
 from .errors import CallTimeoutError, PayloadRejectedError, RemoteError, SerializationError, WorkerDiedError
-from .job import CallState, Layout, Record, call_name
+from .job import CallState, Layout, Record, RecordGroup, call_name
 from .storage.base import Storage
 
 __all__ = [
@@ -139,10 +139,7 @@ class ResponseFuture(cf.Future):
     def record(self) -> Record | None:
         """The call's status record, once finished (built from its stored group when read)."""
         record = self._record
-        if type(record) is tuple:
-            group, index = record
-            return group.record(index)
-        return record
+        return record.record_of(self.call_id) if isinstance(record, RecordGroup) else record
 
     @property
     def status(self) -> dict[str, Any] | None:
@@ -238,7 +235,7 @@ class ResponseFuture(cf.Future):
         return f"<ResponseFuture {self.job_id}/{call_name(self.call_id)} {self._state.lower()}>"
 
 
-#: A future, its record (or its stored group and index), and its value or error.
+#: A future, its record (or the stored group that holds it), and its value or error.
 Outcome = tuple[ResponseFuture, Any, Any, "BaseException | None"]
 
 

@@ -36,7 +36,7 @@ from .serialize import MAC_SIZE, load_stream, seal, unseal
 from .versions import RUNTIME
 
 __all__ = ["Batch", "CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "Task", "call_ids_of",
-           "call_name", "decode_group", "decode_records", "RecordGroup", "encode_records", "finished_calls", "load_manifest", "load_output",
+           "call_name", "decode_group", "decode_records", "GroupView", "RecordGroup", "encode_records", "finished_calls", "load_manifest", "load_output",
            "new_job_id", "read_record"]
 
 RECORD_MAGIC = b"BMS3\n"
@@ -363,6 +363,10 @@ def encode_records(records: list[Record], key: bytes, job_id: str) -> bytes:
     A field equal in every record is written once; times are kept to the microsecond, relative to
     the group's first start. So a quick call's record costs tens of bytes, not hundreds.
     """
+    return GROUP_MAGIC + seal(key, f"{job_id}/status", _group_body(records))
+
+
+def _group_body(records: list[Record]) -> bytes:
     t0 = min(r.start for r in records)
     table = {name: [getattr(r, name) for r in records] for name in _HEADER_FIELDS}
     table["state"] = [state.value for state in table["state"]]
@@ -377,26 +381,61 @@ def encode_records(records: list[Record], key: bytes, job_id: str) -> bytes:
             columns[name] = values
     head = {"n": len(records), "t0": t0, "common": common, "columns": columns,
             "log": [len(r.log) for r in records], "output": [len(r.output) for r in records]}
-    body = b"".join((json.dumps(head, separators=(",", ":")).encode(), b"\n",
+    return b"".join((json.dumps(head, separators=(",", ":")).encode(), b"\n",
                      *(r.log for r in records), *(r.output for r in records)))
-    return GROUP_MAGIC + seal(key, f"{job_id}/status", body)
 
 
 class RecordGroup:
-    """The verified records of one status object, kept as stored: column by column.
+    """The verified records of one status object, kept as the bytes stored: tens of bytes a call.
 
-    A client holding a million finished calls keeps them in this form, tens of bytes each, and
-    builds a `Record` only when one is asked for; the state and result of each are at hand without.
+    A client holding a million finished calls keeps them in this form. It is parsed when read
+    (`view`), and only the groups read last stay parsed; a `Record` is built only when asked for.
     """
 
-    __slots__ = ("call_ids", "states", "_t0", "_common", "_columns", "_body", "_logs", "_outputs")
+    __slots__ = ("_body",)
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        _view(self)  # parsed now: a corrupt group is refused when it is found, not when first read
+
+    @property
+    def view(self) -> GroupView:
+        return _view(self)
+
+    def record_of(self, call_id: int) -> Record:
+        """The record of call ``call_id``, built now."""
+        view = _view(self)
+        return view.record(view.call_ids.index(call_id))
+
+
+@functools.lru_cache(maxsize=64)
+def _view(group: RecordGroup) -> GroupView:
+    """The parsed form of a group; the last few stay parsed, while their calls are finished or read in turn."""
+    body = group._body
+    line_end = body.find(b"\n")
+    try:
+        head = json.loads(body[:line_end])
+        n, t0, common, columns = int(head["n"]), float(head["t0"]), head["common"], head["columns"]
+        logs, at = _split(body, line_end + 1, head["log"], n)
+        outputs, end = _split(body, at, head["output"], n)
+        if line_end < 0 or end != len(body):
+            raise ValueError("truncated group")
+        return GroupView(t0, common, columns, body, logs, outputs)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        raise RecordError(f"corrupt burstmap record group: {e}") from None
+
+
+class GroupView:
+    """A group of records parsed, column by column: the state and result of each are at hand without
+    building its record."""
 
     def __init__(self, t0: float, common: dict[str, Any], columns: dict[str, list], body: bytes,
                  logs: list[tuple[int, int]], outputs: list[tuple[int, int]]) -> None:
         n = len(logs)
         if n < 1 or len(outputs) != n or any(len(c) != n for c in columns.values()):
             raise ValueError("truncated group")
-        self.call_ids: list[int] = [int(i) for i in columns["call_id"]] if "call_id" in columns else [int(common["call_id"])] * n
+        self.call_ids: list[int] = ([int(i) for i in columns["call_id"]] if "call_id" in columns
+                                    else [int(common["call_id"])] * n)
         self.states: list[CallState] = ([CallState(v) for v in columns["state"]] if "state" in columns
                                         else [CallState(common["state"])] * n)
         self._t0, self._common, self._columns = t0, common, columns
@@ -432,33 +471,19 @@ class RecordGroup:
 def decode_group(data: bytes, key: bytes, job_id: str) -> RecordGroup:
     """The verified records in a status object, one or a group; raise as `Record.decode` does."""
     if not data.startswith(GROUP_MAGIC):
-        record = Record.decode(data, key, job_id)
-        header = record.header()
-        header["start"], header["end"] = 0.0, record.end - record.start
-        log, out = len(record.log), len(record.output)
-        return RecordGroup(record.start, header, {}, record.log + record.output, [(0, log)], [(log, log + out)])
+        return RecordGroup(_group_body([Record.decode(data, key, job_id)]))
     try:
         body = unseal(key, f"{job_id}/status", data[len(GROUP_MAGIC):])
     except PayloadRejectedError:
         raise RecordError(f"a status record group of job {job_id} failed HMAC verification (tampered, or "
                           "written with another secret key); it was not used") from None
-    line_end = body.find(b"\n")
-    try:
-        head = json.loads(body[:line_end])
-        n, t0, common, columns = int(head["n"]), float(head["t0"]), head["common"], head["columns"]
-        logs, at = _split(body, line_end + 1, head["log"], n)
-        outputs, end = _split(body, at, head["output"], n)
-        if line_end < 0 or end != len(body):
-            raise ValueError("truncated group")
-        return RecordGroup(t0, common, columns, body, logs, outputs)
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
-        raise RecordError(f"corrupt burstmap record group: {e}") from None
+    return RecordGroup(body)
 
 
 def decode_records(data: bytes, key: bytes, job_id: str) -> list[Record]:
     """The verified records in a status object, one or a group; raise as `Record.decode` does."""
-    group = decode_group(data, key, job_id)
-    return [group.record(i) for i in range(len(group.call_ids))]
+    view = decode_group(data, key, job_id).view
+    return [view.record(i) for i in range(len(view.call_ids))]
 
 
 def _split(body: bytes, at: int, sizes: list[int], n: int) -> tuple[list[tuple[int, int]], int]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BurstmapError, JobNotFoundError, KeyNotFoundError, PayloadRejectedError
-from .job import CallState, Layout, Manifest, Record, RecordError, RecordGroup, call_ids_of, decode_records, load_manifest
+from .job import CallState, GroupView, Layout, Manifest, Record, RecordError, call_ids_of, decode_records, load_manifest
 from .serialize import seal, unseal
 from .storage.base import Storage
 
@@ -78,7 +78,7 @@ class JobSummary:
             self.counts[record.state.value] += 1
             self.last_end = record.end if self.last_end is None else max(self.last_end, record.end)
 
-    def count(self, group: RecordGroup, indices: Sequence[int]) -> None:
+    def count(self, group: GroupView, indices: Sequence[int]) -> None:
         """Count the records of a stored group at ``indices`` (each call once), without building them."""
         states = Counter(group.states[i] for i in indices)
         for state, count in states.items():

@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import BurstmapError, PayloadRejectedError, SerializationError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error, settle, take_all
-from .job import CHUNK, CallState, Manifest, Record, RecordError, RecordGroup, call_ids_of, decode_group, load_output
+from .job import CHUNK, CallState, Manifest, Record, RecordError, GroupView, call_ids_of, decode_group, load_output
 from .lease import Leases
 from .stats import JobSummary
 from .storage.base import Storage
@@ -123,7 +123,7 @@ def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record)
     future._finish(record, value, error)
 
 
-def _group_outcome(storage: Storage, key: bytes, job_id: str, group: RecordGroup, i: int,
+def _group_outcome(storage: Storage, key: bytes, job_id: str, group: GroupView, i: int,
                    plain: bool) -> tuple[Any, BaseException | None]:
     """`outcome` of the i-th record of a group; a ``plain`` one (a result inline) is unpickled without
     building its record."""
@@ -283,22 +283,23 @@ class Watcher:
         except (RecordError, PayloadRejectedError) as e:
             settle((f, None, None, type(e)(f"{key}: {e}")) for futures in taken.values() for f in futures)
             return
-        index = {call_id: i for i, call_id in enumerate(group.call_ids)}
+        view = group.view
+        index = {call_id: i for i, call_id in enumerate(view.call_ids)}
         with self._lock:
-            job.summary.count(group, [index[c] for c in taken if c in index])
-        plain = [state is CallState.OK and not large for state, large in zip(group.states, group.column("output_key"))]
+            job.summary.count(view, [index[c] for c in taken if c in index])
+        plain = [state is CallState.OK and not large for state, large in zip(view.states, view.column("output_key"))]
         outcomes = []
         for call_id, futures in taken.items():
             i = index.get(call_id)
             try:
                 if i is None:
                     raise RecordError(f"{key} holds no record of call {call_id}")
-                value, error = _group_outcome(self._storage, self._key, job_id, group, i, plain[i])
+                value, error = _group_outcome(self._storage, self._key, job_id, view, i, plain[i])
             except _OUTAGES:
                 raise
             except BaseException as e:
                 value, error = None, e
-            outcomes += [(future, None if i is None else (group, i), value, error) for future in futures]
+            outcomes += [(future, None if i is None else group, value, error) for future in futures]
         settle(outcomes)
 
     def _poll(self, prune: bool = True) -> tuple[int, float]:
