@@ -389,7 +389,7 @@ class RecordGroup:
     """The verified records of one status object, kept as the bytes stored: tens of bytes a call.
 
     A client holding a million finished calls keeps them in this form. It is parsed when read
-    (`view`), and only the groups read last stay parsed; a `Record` is built only when asked for.
+    (`view`), and only the few groups read last stay parsed; a `Record` is built only when asked for.
     """
 
     __slots__ = ("_body",)
@@ -408,7 +408,7 @@ class RecordGroup:
         return view.record(view.call_ids.index(call_id))
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _view(group: RecordGroup) -> GroupView:
     """The parsed form of a group; the last few stay parsed, while their calls are finished or read in turn."""
     body = group._body

@@ -30,7 +30,7 @@ __all__ = ["Handler", "INLINE_LIMIT", "Trailing"]
 
 #: Results up to this size live inside the status record; larger ones get their own object.
 INLINE_LIMIT = 1 << 20
-_MAX_GROUP = 256
+_MAX_GROUP = 512
 _HOST = socket.gethostname()
 
 

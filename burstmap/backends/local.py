@@ -45,10 +45,10 @@ from .local_process import READY, WorkerProcess
 __all__ = ["LocalBackend"]
 
 log = logging.getLogger(__name__)
-_MAX_BATCH = 256
-_BATCH_SECONDS = 0.01  # quick calls are batched up to this much work per batch
+_MAX_BATCH = 512
+_BATCH_SECONDS = 0.02  # quick calls are batched up to this much work per batch
 _DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
-_GROUP_WINDOW = 0.005  # quick calls' records are stored together if they finish within this many seconds
+_GROUP_WINDOW = 0.01  # quick calls' records are stored together if they finish within this many seconds
 _STUCK = 1.0  # seconds a call runs before the batches queued behind it on its worker go to idle ones
 _STARTUP_TRIES = 3  # workers that die before taking work, in a row, before their calls are failed
 _STARTUP_PAUSE = 0.1, 10.0  # the pause before replacing such a worker doubles from the first to the second
