@@ -175,13 +175,17 @@ class Handler:
             return spool_value(self._key, identity, substitute, INLINE_LIMIT)
 
     def _complete(self, task: Task, record: Record) -> Record:
-        """Stamp the end time and peak RSS."""
+        """Stamp the end time."""
         record.end = record.end or time.time()
-        record.peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         self.annotate(task, record)
         return record
 
     def _write(self, group: list[tuple[Task, Record]]) -> None:
+        """Store records, stamped with the process's peak RSS so far: read once per write, as it is a system
+        call that a busy machine makes slow."""
+        peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        for _, record in group:
+            record.peak_rss = record.peak_rss or peak_rss
         first, last = group[0][0], group[-1][0]
         layout = Layout(first.prefix, first.job_id)
         if len(group) == 1:
