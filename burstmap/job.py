@@ -2,7 +2,7 @@
 
 Every key burstmap writes is built here::
 
-    <prefix>/manifests/<shard>/<job_id>.json   the job's manifest, written first
+    <prefix>/manifests/<shard>/<job_id>.json   the job's manifest, written last (a job is listed once it can run)
     <prefix>/jobs/<shard>/<job_id>/func.pickle   the function, signed (with the job's ``extra_args``)
     <prefix>/jobs/<shard>/<job_id>/summary.json  counts by state, written once every call has a record
     <prefix>/jobs/<shard>/<job_id>/data.pickle   every call's signed input; call i reads bytes offsets[i:i+2]

@@ -100,10 +100,10 @@ def small_layout(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def in_process_dask() -> Iterator[distributed.Client]:
     """Dask workers as threads of this process, so that they see the shrunk layout too."""
-    with distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=4, protocol="tcp://",
-                                  host="127.0.0.1", dashboard_address=":0") as cluster:
-        with distributed.Client(cluster) as client:
-            yield client
+    with (distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=4, protocol="tcp://",
+                                   host="127.0.0.1", dashboard_address=":0") as cluster,
+          distributed.Client(cluster) as client):
+        yield client
 
 
 def fullest_folder(root: Path) -> tuple[int, str]:
