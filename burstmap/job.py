@@ -2,17 +2,24 @@
 
 Every key burstmap writes is built here::
 
-    <prefix>/manifests/<job_id>.json         the job's manifest, written first
-    <prefix>/jobs/<job_id>/func.pickle        the function, signed (with the job's ``extra_args``)
-    <prefix>/jobs/<job_id>/summary.json       counts by state, written once every call has a record
-    <prefix>/jobs/<job_id>/data.pickle        the calls' inputs, in signed blocks of about 64 KB (see `Manifest.blocks`)
-    <prefix>/jobs/<job_id>/status/<chunk>/<call_id>   the status record: header, captured output, result
-    <prefix>/jobs/<job_id>/out/<call_id>      a result too large to keep inside the record
-    <prefix>/jobs/<job_id>/deliveries/<batch>/<n>   delivery n of a batch re-delivered whole
+    <prefix>/manifests/<shard>/<job_id>.json   the job's manifest, written last (a job is listed once it can run)
+    <prefix>/jobs/<shard>/<job_id>/func.pickle   the function, signed (with the job's ``extra_args``)
+    <prefix>/jobs/<shard>/<job_id>/summary.json  counts by state, written once every call has a record
+    <prefix>/jobs/<shard>/<job_id>/data.pickle   the calls' inputs, in signed blocks of about 64 KB (see `Manifest.blocks`)
+    <prefix>/jobs/<shard>/<job_id>/lease         until when the client watches the job
+    <prefix>/jobs/<shard>/<job_id>/status/<m>/<k>/<call_id>   the status record: header, captured output, result
+    <prefix>/jobs/<shard>/<job_id>/out/<m>/<k>/<call_id>      a result too large to keep inside the record
+    <prefix>/jobs/<shard>/<job_id>/deliveries/<shard>/<batch>/<n>   delivery n of a batch re-delivered whole
+
+No folder holds more than a few thousand entries, so a directory store stays fast with a million
+jobs of ten million calls each. ``<shard>`` is the first `SHARD` characters of the (random hex) job
+or delivery id: 4,096 folders, each holding about 250 of a million jobs. Call ``c`` is in status
+chunk ``c // CHUNK``, whose folder is ``<m>/<k>`` = ``<chunk // CHUNK>/<chunk % CHUNK>``: at most
+`CHUNK` (1,000) entries per folder for jobs of up to a billion calls, and one LIST per chunk.
 
 A status record is written last, once per attempt, and its existence marks the call complete. It
 holds the result itself unless the result is large, so a finished call costs one write. Quick
-consecutive calls of one worker may share one object, ``status/<chunk>/<first>-<last>`` (a group
+consecutive calls of one worker may share one object, ``status/<m>/<k>/<first>-<last>`` (a group
 commit), so that ten thousand tiny calls are not ten thousand writes.
 """
 
@@ -42,8 +49,11 @@ __all__ = ["Batch", "CallState", "Manifest", "Record", "Layout", "OutputRefs", "
 RECORD_MAGIC = b"BMS3\n"
 GROUP_MAGIC = b"BMG3\n"
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
-#: Statuses are grouped by this many calls so that a poll lists only groups with calls pending.
+#: Statuses are grouped by this many calls so that a poll lists only groups with calls pending; the
+#: folders of chunks are grouped by as many again, so that none holds more than this many entries.
 CHUNK = 1000
+#: Jobs (and re-delivered batches) are spread over 16**SHARD folders by the first SHARD hex digits of their id.
+SHARD = 3
 
 
 class CallState(str, enum.Enum):
@@ -80,13 +90,18 @@ class Layout:
     prefix: str
     job_id: str
 
+    @staticmethod
+    def manifests(prefix: str) -> str:
+        """The prefix of every job's manifest under ``prefix``: listing it (recursively) lists the jobs."""
+        return f"{prefix}/manifests/"
+
     @property
     def root(self) -> str:
-        return f"{self.prefix}/jobs/{self.job_id}/"
+        return f"{self.prefix}/jobs/{_sharded(self.job_id)}/"
 
     @property
     def manifest(self) -> str:
-        return f"{self.prefix}/manifests/{self.job_id}.json"
+        return f"{self.manifests(self.prefix)}{_sharded(self.job_id)}.json"
 
     @property
     def func(self) -> str:
@@ -110,8 +125,8 @@ class Layout:
         return self.root + "lease"
 
     def status_chunk(self, chunk: int) -> str:
-        """The prefix of the statuses of calls ``chunk * 1000`` to ``chunk * 1000 + 999``: one LIST page."""
-        return f"{self.status_prefix}{chunk}/"
+        """The prefix of the statuses of calls ``chunk * CHUNK`` to ``chunk * CHUNK + CHUNK - 1``: one LIST page."""
+        return f"{self.status_prefix}{_nested(chunk)}/"
 
     def status(self, call_id: int) -> str:
         return self.status_chunk(call_id // CHUNK) + call_name(call_id)
@@ -121,11 +136,21 @@ class Layout:
         return f"{self.status_chunk(first // CHUNK)}{call_name(first)}-{call_name(last)}"
 
     def out(self, call_id: int) -> str:
-        return self.root + "out/" + call_name(call_id)
+        return f"{self.root}out/{_nested(call_id // CHUNK)}/{call_name(call_id)}"
 
     def delivery(self, batch: str, n: int) -> str:
         """The marker of delivery ``n`` of the batch whose delivery id is ``batch`` (see `burstmap.attempts`)."""
-        return f"{self.root}deliveries/{batch}/{n}"
+        return f"{self.root}deliveries/{_sharded(batch)}/{n}"
+
+
+def _sharded(name: str) -> str:
+    """``name`` inside its shard folder, named by its first `SHARD` characters (random hex for jobs and batches)."""
+    return f"{name[:SHARD]}/{name}"
+
+
+def _nested(chunk: int) -> str:
+    """The folder of a status chunk, two levels deep so that neither level holds more than `CHUNK` entries."""
+    return f"{chunk // CHUNK}/{chunk % CHUNK}"
 
 
 @dataclass(frozen=True)

@@ -329,7 +329,7 @@ def list_jobs(storage: Storage, key: bytes, prefix: str) -> list[JobSummary | tu
 
     A finished job costs one small read, whatever its size.
     """
-    names = [name.rpartition("/")[2].removesuffix(".json") for name in storage.list(f"{prefix}/manifests/")]
+    names = [name.rpartition("/")[2].removesuffix(".json") for name in storage.list(Layout.manifests(prefix))]
 
     def one(job_id: str) -> JobSummary | tuple[str, str]:
         try:

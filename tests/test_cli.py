@@ -293,13 +293,13 @@ def test_config_init_writes_a_loadable_file_once(env):
 
 
 def test_replay_runs_one_call_again_and_shows_the_users_traceback(env, store, job):
-    before = sorted(p.name for p in (store / "burstmap" / "jobs" / job).rglob("*"))
+    before = sorted(p.name for p in (store / Layout("burstmap", job).root).rglob("*"))
     ok = cli(env, store, "replay", job, "2")
     assert ok.returncode == 0 and ok.stdout.strip() == "4"
     failing = cli(env, store, "replay", job, str(FAILING))
     assert failing.returncode == 1
     assert "ValueError: three is bad" in failing.stderr and "Traceback" in failing.stderr
-    assert sorted(p.name for p in (store / "burstmap" / "jobs" / job).rglob("*")) == before
+    assert sorted(p.name for p in (store / Layout("burstmap", job).root).rglob("*")) == before
     missing = cli(env, store, "replay", "nope-0000", "0")
     assert missing.returncode == 1 and "burstmap jobs" in missing.stderr
 

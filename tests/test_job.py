@@ -66,7 +66,10 @@ def test_job_ids_carry_96_random_bits():
     assert len(ids) == 1000 and all(len(i) == 24 and int(i, 16) >= 0 for i in ids)
 
 
-def test_layout_groups_statuses_by_thousand():
-    layout = Layout("pre", "job")
-    assert layout.status(1234) == "pre/jobs/job/status/1/01234"
+def test_layout_groups_statuses_by_thousand_and_chunks_by_thousand_again():
+    layout = Layout("pre", "0123abcd")
+    assert layout.status(1234) == "pre/jobs/012/0123abcd/status/0/1/01234"
+    assert layout.status(12_345_678) == "pre/jobs/012/0123abcd/status/12/345/12345678"
     assert layout.status(1234).startswith(layout.status_chunk(1))
+    assert layout.out(12_345_678) == "pre/jobs/012/0123abcd/out/12/345/12345678"
+    assert layout.manifest == "pre/manifests/012/0123abcd.json"

@@ -31,6 +31,7 @@ from burstmap.errors import (
     WorkerDiedError,
 )
 from burstmap.future import RemoteTraceback
+from burstmap.job import Layout
 from burstmap.storage.local import LocalStorage
 
 from .conftest import TEST_SECRET, subprocess_env
@@ -281,7 +282,7 @@ def test_the_manifest_is_written_last(tmp_path):
     with executor(tmp_path / "store", storage) as ex:
         with pytest.raises(StorageError, match="refused"):
             ex.map(abs, [1, 2])
-        assert list(storage.list(f"{ex.config.prefix}/manifests/")) == []
+        assert list(storage.list(Layout.manifests(ex.config.prefix))) == []
         assert list(storage.list(f"{ex.config.prefix}/jobs/")) != []
 
 

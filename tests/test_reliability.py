@@ -17,7 +17,7 @@ from hypothesis import given, strategies as st
 import burstmap
 from burstmap.backends.local import LocalBackend
 from burstmap.errors import PayloadRejectedError
-from burstmap.job import Manifest
+from burstmap.job import Layout, Manifest
 from burstmap.serialize import dumps_calls, dumps_function, loads, seal
 from burstmap.storage.local import LocalStorage
 from burstmap.storage.s3 import S3Storage
@@ -73,9 +73,9 @@ def test_client_killed_mid_job_then_a_new_process_resumes_it(tmp_path):
     client = subprocess.Popen([sys.executable, "-c", CLIENT, str(store), TEST_SECRET], stdout=subprocess.PIPE,
                               text=True)
     job_id = client.stdout.readline().strip()
-    status_dir = store / "burstmap" / "jobs" / job_id / "status"
+    statuses = Layout("burstmap", job_id).status_prefix
     deadline = time.monotonic() + 60
-    while not (status_dir.exists() and any(status_dir.rglob("0*"))):
+    while not any(LocalStorage(store).list(statuses)):
         assert time.monotonic() < deadline and client.poll() is None
         time.sleep(0.01)
     client.send_signal(signal.SIGKILL)

@@ -22,6 +22,7 @@ import pytest
 import burstmap
 from burstmap.backends.standalone import StandaloneBackend
 from burstmap.errors import PayloadRejectedError
+from burstmap.job import Layout
 from burstmap.queues import QueueError, open_queue
 from burstmap.storage.local import LocalStorage
 from burstmap.storage.redis import RedisStorage
@@ -221,15 +222,16 @@ def test_a_replayed_message_never_runs_a_finished_call_again(standalone_workers,
         futures = ex.map(count_runs, [(str(runs), 0)] * 2)
         assert burstmap.get_all_results(futures, timeout=60) == [0, 0]
     job_id = futures[0].job_id
-    statuses = {key: store.get(key) for key in store.list(f"burstmap/jobs/{job_id}/status/")}
+    layout = Layout("burstmap", job_id)
+    statuses = {key: store.get(key) for key in store.list(layout.status_prefix)}
     queue = open_queue(standalone_workers.queue)
     queue.put(sent)
     until(lambda: standalone_workers.log.read_text().count(f"batch of job {job_id} already has") == len(sent),
           "the replayed messages to be taken")
     assert runs.read_text().count("run") == 2
-    assert {key: store.get(key) for key in store.list(f"burstmap/jobs/{job_id}/status/")} == statuses
-    store.delete_prefix(f"burstmap/jobs/{job_id}/")
-    store.delete([f"burstmap/manifests/{job_id}.json"])
+    assert {key: store.get(key) for key in store.list(layout.status_prefix)} == statuses
+    store.delete_prefix(layout.root)
+    store.delete([layout.manifest])
     queue.put(sent)
     until(lambda: standalone_workers.log.read_text().count(f"dropped a batch of job {job_id}") == len(sent),
           "the messages of a cleaned job to be dropped")

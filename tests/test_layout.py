@@ -1,0 +1,139 @@
+"""The store layout: no folder of a directory store grows past a few thousand entries, however many jobs and calls.
+
+A directory with hundreds of thousands of entries makes every listing, creation and deletion in it slow,
+so the layout (`burstmap.job.Layout`) shards jobs by their id and nests status chunks. The first tests
+check its keys at full scale (a million jobs, ten million calls); the last runs real jobs with the
+layout's constants shrunk, so that a handful of jobs and a few hundred calls fill a real store as a
+million jobs and ten million calls would, and checks the store folder by folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import distributed
+import pytest
+from click.testing import CliRunner
+
+import burstmap
+from burstmap import job, watcher, worker
+from burstmap.backends.dask import DaskBackend
+from burstmap.cli import main
+from burstmap.job import CHUNK, Batch, Layout, finished_calls, new_job_id, read_record
+from burstmap.stats import JobSummary, list_jobs
+from burstmap.storage.local import LocalStorage
+from burstmap.worker import INLINE_LIMIT
+
+from .conftest import TEST_SECRET
+
+#: The most entries the layout lets one folder hold, for stores of up to a million jobs of ten million calls.
+BOUND = 4096
+
+
+def widest(keys: Iterable[str]) -> int:
+    """The most entries (files and sub-folders) of one folder, were ``keys`` files in a directory store."""
+    keys = set(keys)
+    folders: set[str] = set()
+    for key in keys:
+        folder = key.rpartition("/")[0]
+        while "/" in folder and folder not in folders:
+            folders.add(folder)
+            folder = folder.rpartition("/")[0]
+    entries = Counter(key.rpartition("/")[0] for key in keys) + Counter(f.rpartition("/")[0] for f in folders)
+    return max(entries.values())
+
+
+def test_widest_counts_the_entries_of_the_fullest_folder():
+    assert widest(["p/a/1", "p/a/2", "p/b/1", "p/c", "p/a/1"]) == 3
+    assert widest(f"p/flat/{i}" for i in range(5000)) == 5000
+
+
+def test_a_million_jobs_fill_no_folder_past_the_bound():
+    layouts = [Layout("pre", new_job_id()) for _ in range(1_000_000)]
+    assert widest(key for layout in layouts for key in (layout.manifest, layout.func)) <= BOUND
+
+
+def test_a_job_of_ten_million_calls_fills_no_folder_past_a_chunk():
+    layout, n_calls = Layout("pre", new_job_id()), 10_000_000
+
+    def keys() -> Iterator[str]:
+        for chunk in range(n_calls // CHUNK):  # one call of every chunk: every folder of the tree
+            yield layout.status(chunk * CHUNK)
+            yield layout.out(chunk * CHUNK)
+        for call_id in range(n_calls - CHUNK, n_calls):  # every call of one chunk: a full folder
+            yield layout.status(call_id)
+            yield layout.out(call_id)
+
+    assert widest(keys()) <= CHUNK
+
+
+def test_the_batches_of_a_job_of_ten_million_calls_fill_no_folder_past_the_bound():
+    layout = Layout("pre", new_job_id())
+    batches = (Batch("pre", layout.job_id, ()) for _ in range(10_000_000 // 100))  # of 100 calls each
+    assert widest(layout.delivery(batch.delivery, 1) for batch in batches) <= BOUND
+
+
+# ---- real jobs in a real store, with the layout shrunk --------------------------------------------
+
+SMALL_CHUNK, SMALL_SHARD = 10, 1
+#: With those: 16 shard folders, chunks of 10 calls; a job's own folder holds its 7 objects and folders.
+SMALL_BOUND = 16
+N_CALLS, N_JOBS, BATCH = 900, 40, 30
+
+
+def sized(x: int) -> bytes | int:
+    """Every 40th call returns a result too large for its record (stored under ``out/``)."""
+    return bytes(INLINE_LIMIT + 1) if x % 40 == 0 else x * x
+
+
+@pytest.fixture
+def small_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 10 calls and 16 shards, in the client and in the in-process workers alike."""
+    for module in (job, watcher, worker):
+        monkeypatch.setattr(module, "CHUNK", SMALL_CHUNK)
+    monkeypatch.setattr(job, "SHARD", SMALL_SHARD)
+
+
+@pytest.fixture
+def in_process_dask() -> Iterator[distributed.Client]:
+    """Dask workers as threads of this process, so that they see the shrunk layout too."""
+    with (distributed.LocalCluster(processes=False, n_workers=1, threads_per_worker=4, protocol="tcp://",
+                                   host="127.0.0.1", dashboard_address=":0") as cluster,
+          distributed.Client(cluster) as client):
+        yield client
+
+
+def fullest_folder(root: Path) -> tuple[int, str]:
+    """The number of entries of the fullest folder under ``root``, and that folder."""
+    return max((len(dirs) + len(files), folder) for folder, dirs, files in os.walk(root))
+
+
+def test_many_jobs_of_many_chunks_keep_every_folder_small_and_still_list_and_clean(small_layout, in_process_dask,
+                                                                                   tmp_path):
+    store, key = LocalStorage(tmp_path), TEST_SECRET.encode()
+    backend = DaskBackend(client=in_process_dask, batch_size=BATCH)
+    with burstmap.Executor(backend=backend, storage=store, secret_key=TEST_SECRET, progress=False) as ex:
+        big = ex.map(sized, range(N_CALLS))
+        small = [ex.map(sized, [i])[0] for i in range(N_JOBS)]
+        assert burstmap.get_all_results(big + small, timeout=120) == [sized(x) for x in range(N_CALLS)] + [
+            sized(i) for i in range(N_JOBS)]
+    layout = big[0].layout
+    assert len(list(store.list(layout.root + "out/"))) == N_CALLS // 40 + 1
+    assert len(list(store.list(layout.root + "deliveries/"))) == N_CALLS // BATCH
+    assert finished_calls(store, layout, range(N_CALLS)) == set(range(N_CALLS))
+    assert read_record(store, key, layout, 789).output_key is None
+
+    entries, folder = fullest_folder(tmp_path)
+    assert entries <= SMALL_BOUND, f"{folder} holds {entries} entries"
+
+    jobs = list_jobs(store, key, layout.prefix)
+    assert sorted(j.job_id for j in jobs if isinstance(j, JobSummary)) == sorted({f.job_id for f in big + small})
+    assert len(jobs) == N_JOBS + 1 and all(j.counts["ok"] == j.n_calls for j in jobs)
+
+    result = CliRunner().invoke(main, ["--store", f"file://{tmp_path}", "clean", "--all", "--yes"],
+                                env={"BURSTMAP_SECRET_KEY": TEST_SECRET})
+    assert result.exit_code == 0, result.output
+    assert list(tmp_path.iterdir()) == []
