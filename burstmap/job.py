@@ -47,7 +47,7 @@ __all__ = ["Batch", "CallState", "Manifest", "Record", "Layout", "OutputRefs", "
            "new_job_id", "read_record"]
 
 RECORD_MAGIC = b"BMS3\n"
-GROUP_MAGIC = b"BMG3\n"
+GROUP_MAGIC = b"BMG4\n"
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: Statuses are grouped by this many calls so that a poll lists only groups with calls pending; the
 #: folders of chunks are grouped by as many again, so that none holds more than this many entries.
@@ -395,9 +395,8 @@ def _group_body(records: list[Record]) -> bytes:
     t0 = min(r.start for r in records)
     table = {name: [getattr(r, name) for r in records] for name in _HEADER_FIELDS}
     table["state"] = [state.value for state in table["state"]]
-    table["start"], table["end"] = ([round(r.start - t0, 6) for r in records],
-                                    [round(r.end - r.start, 6) for r in records])
-    table["setup"], table["compute"] = [round(t, 6) for t in table["setup"]], [round(t, 6) for t in table["compute"]]
+    table["start"], table["end"] = _micros(r.start - t0 for r in records), _micros(r.end - r.start for r in records)
+    table["setup"], table["compute"] = _micros(table["setup"]), _micros(table["compute"])
     common, columns = {}, {}
     for name, values in table.items():
         if values.count(values[0]) == len(values):
@@ -408,6 +407,11 @@ def _group_body(records: list[Record]) -> bytes:
             "log": [len(r.log) for r in records], "output": [len(r.output) for r in records]}
     return b"".join((json.dumps(head, separators=(",", ":")).encode(), b"\n",
                      *(r.log for r in records), *(r.output for r in records)))
+
+
+def _micros(seconds: Iterable[float]) -> list[int]:
+    """Times as whole microseconds: JSON writes an int several times faster than a float, in half the bytes."""
+    return [int(s * 1e6 + 0.5) for s in seconds]
 
 
 class RecordGroup:
@@ -477,7 +481,7 @@ class GroupView:
 
     def ends(self) -> list[float]:
         """When each call ended."""
-        return [self._t0 + start + took for start, took in zip(self.column("start"), self.column("end"))]
+        return [self._t0 + (start + took) / 1e6 for start, took in zip(self.column("start"), self.column("end"))]
 
     def output(self, i: int) -> bytes:
         """The i-th call's inline result or error, as pickled (covered by the group's MAC)."""
@@ -487,8 +491,9 @@ class GroupView:
         """The i-th record, built now."""
         row = {**self._common, **{name: values[i] for name, values in self._columns.items()}}
         row["state"] = self.states[i]
-        row["start"] = self._t0 + row["start"]
-        row["end"] = row["start"] + row["end"]
+        row["start"] = self._t0 + row["start"] / 1e6
+        row["end"] = row["start"] + row["end"] / 1e6
+        row["setup"], row["compute"] = row["setup"] / 1e6, row["compute"] / 1e6
         row["host"], row["worker"] = sys.intern(row["host"]), sys.intern(row["worker"])
         return Record(**row, log=self._body[slice(*self._logs[i])], output=self.output(i))
 
