@@ -1,7 +1,8 @@
 """Finds finished calls by listing status prefixes, and finishes their futures.
 
 One thread per executor. Each poll lists only the status groups (1,000 calls each) that still
-have calls pending: one LIST per group per poll, never one GET per pending call. A call's record
+have calls pending, in order, up to the first few that hold no record yet (all of them once a
+second): one LIST per group per poll, never one GET per pending call. A call's record
 is fetched once, when it appears. Polls are quick just after a job starts or a call finishes, then
 back off while nothing does.
 
@@ -34,6 +35,8 @@ _MIN_INTERVAL = 0.0005
 _MAX_INTERVAL = 0.1
 _BACKOFF = 1.25
 _EAGER = 0.005  # poll at the shortest interval this long after a job starts or a call finishes
+_FRONTIER = 4  # status groups in a row with no record, past which a poll does not list (see `_poll`)
+_SWEEP = 1.0  # seconds between polls that list every status group with calls pending
 _OUTAGES = (StorageError, OSError)  # what a store raises while it is unreachable: waited out
 
 #: The futures of some of a job's calls, by call id.
@@ -232,10 +235,13 @@ class Watcher:
     def _loop(self) -> None:
         """Poll until stopped. Nothing ends it: an unexpected error is logged and fails the futures watched."""
         interval, outage, active, cancellations = _MIN_INTERVAL, None, time.monotonic(), -1
+        swept = 0.0
         while not self._stopped:
             try:
                 seen, cancellations = cancellations, ResponseFuture.cancellations
-                found, listing = self._poll(prune=seen != cancellations)
+                sweep = time.monotonic() - swept >= _SWEEP
+                found, listing = self._poll(prune=seen != cancellations, sweep=sweep)
+                swept = time.monotonic() if sweep else swept
                 outage = None
             except _OUTAGES as e:
                 outage = outage or time.monotonic()
@@ -302,11 +308,16 @@ class Watcher:
             outcomes += [(future, None if i is None else group, value, error) for future in futures]
         settle(outcomes)
 
-    def _poll(self, prune: bool = True) -> tuple[int, float]:
+    def _poll(self, prune: bool = True, sweep: bool = True) -> tuple[int, float]:
         """Finish what has appeared; return how many, and the seconds spent listing.
 
         With ``prune``, calls whose futures were all cancelled stop being waited for first: that walks
         every waiting call, so the loop asks for it only when some future was cancelled since.
+
+        Without ``sweep``, a job's status groups are listed in order only until `_FRONTIER` of them in a
+        row hold no record at all: calls start in order, so the groups past those have not started
+        either, and a job of a million calls costs a few LISTs per poll, not a thousand. The loop
+        sweeps every group every `_SWEEP` seconds, for calls that finished out of order.
         """
         with self._lock:
             jobs = list(self._jobs.values())
@@ -317,12 +328,16 @@ class Watcher:
                 if prune and job.prune():
                     self._leases.gave_up(job.layout.job_id)
                 chunks = sorted(job.chunks)
+            empty = 0
             for chunk in chunks:
                 began = time.perf_counter()
                 keys = list(self._storage.list(job.layout.status_chunk(chunk)))
                 listing += time.perf_counter() - began
                 for key in keys:
                     found += self._finish_key(job, key)
+                empty = 0 if keys else empty + 1
+                if empty >= _FRONTIER and not sweep:
+                    break
             with self._lock:
                 ended = not job.left and self._jobs.get(job.layout.job_id) is job
                 if ended:
