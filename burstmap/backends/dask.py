@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +35,6 @@ from ..errors import ConfigError, StorageError
 from ..job import Batch, Manifest, call_name
 from ..storage.base import Storage
 from ..storage.local import LocalStorage
-from ..worker import Handler
 from .base import Backend, CallBoard
 
 __all__ = ["DaskBackend"]
@@ -135,30 +135,42 @@ class DaskBackend(Backend):
         return f"DaskBackend({where})"
 
 
-_handlers: dict[str, Handler] = {}
-_worker_lock = threading.Lock()
-_local = threading.local()  # each Dask worker thread keeps a warm call process per client
+_WARM = 2  # warm call processes kept per Dask worker thread: those of the two clients that used it last
+
+
+class _Warm(threading.local):
+    """Each Dask worker thread's warm call processes, by client token, least recently used first."""
+
+    def __init__(self) -> None:
+        self.calls: OrderedDict[str, CallProcess] = OrderedDict()
+
+
+_warm = _Warm()
 
 
 def run_batch(token: str, storage: Storage, key: bytes, blob: bytes) -> int:
-    """The Dask task: run the calls of one batch that are still to run; return how many ran."""
+    """The Dask task: run the calls of one batch that are still to run; return how many ran.
+
+    They run in this worker thread's warm call process, whose records of quick calls are written
+    together (group commit): a call that ends its process is known exactly, because the process
+    reports each call's start and how many records are durable.
+    """
     batch = Batch.decode(key, blob)
-    with _worker_lock:
-        handler = _handlers.get(token)
-        if handler is None:
-            handler = _handlers[token] = Handler(storage, key, f"dask-{_worker_name()}")
-    attempts = Attempts(storage, key, handler.worker)
+    worker = f"dask-{_worker_name()}"
+    attempts = Attempts(storage, key, worker)
     todo = attempts.begin(batch)
-    if batch.timeout is None:
-        handler.run(todo)
-        return len(todo)
-    if not hasattr(_local, "calls"):
-        _local.calls = {}
-    calls = _local.calls.get(token)
-    if calls is None:
-        calls = _local.calls[token] = CallProcess(storage, key, handler.worker)
-    calls.run_batch(batch, todo, attempts, handler.worker)
+    _call_process(token, storage, key, worker).run_batch(batch, todo, attempts, worker)
     return len(todo)
+
+
+def _call_process(token: str, storage: Storage, key: bytes, worker: str) -> CallProcess:
+    """This thread's call process for the client ``token``; the least recently used past `_WARM` is closed."""
+    warm = _warm.calls
+    calls = warm.pop(token, None) or CallProcess(storage, key, worker)
+    warm[token] = calls
+    while len(warm) > _WARM:
+        warm.popitem(last=False)[1].close()
+    return calls
 
 
 def _worker_name() -> str:
