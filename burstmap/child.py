@@ -1,11 +1,12 @@
 """A call process: runs calls one at a time in a child process, so a call can be stopped and its death seen.
 
-The stand-alone daemon and the Lambda entry point run every call this way, and the Dask backend
-runs calls that have a timeout this way: a call that holds the GIL, or started processes of its
-own, is stopped at its deadline by killing the child's whole process group, whatever it is doing.
-The child dies with its parent (Linux ``PR_SET_PDEATHSIG``). Parent and child talk over a pipe of their own, never the
-child's stdout, which the call may write to: a subprocess and ``os.pipe``, nothing that needs
-``/dev/shm``, which Lambda lacks.
+The stand-alone daemon, the Dask backend and the Lambda entry point run every call this way: a call
+that holds the GIL, or started processes of its own, is stopped at its deadline by killing the
+child's whole process group, whatever it is doing, and a call that ends its process is known
+exactly. The child dies with its parent (Linux ``PR_SET_PDEATHSIG``). Parent and child talk over
+pipes of their own, never the child's stdout, which the call may write to, and the child publishes
+its progress in a page both map (`_Progress`): a subprocess, ``os.pipe`` and a nameless file in
+``/tmp``, nothing that needs ``/dev/shm``, which Lambda lacks.
 """
 
 from __future__ import annotations
