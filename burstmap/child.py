@@ -37,7 +37,7 @@ __all__ = ["CallProcess", "Ended"]
 log = logging.getLogger("burstmap.worker")
 
 _PR_SET_PDEATHSIG = 1
-_GROUP_WINDOW = 0.002  # a batch's quick calls' records are stored together if they finish within this many seconds
+_GROUP_WINDOW = 0.01  # a batch's quick calls' records are stored together if they finish within this many seconds
 
 
 @dataclass(frozen=True)
