@@ -1,18 +1,28 @@
-"""The Dask backend: calls run in batches as tasks on any Dask cluster, each through the one handler.
+"""The Dask backend: calls run in batches as tasks on any Dask cluster, each batch in a warm call process.
 
 Give it a scheduler ``address``, or a ``distributed.Client`` you made (LocalCluster,
 dask-jobqueue, dask-kubernetes...), or neither for a LocalCluster of this machine's cores. Each Dask
-task carries one signed `Batch` and runs its calls in order through `Handler`; outcomes land in the
-store, never in Dask.
+task carries one signed `Batch`; the worker thread running it hands the calls to its warm call
+process (`CallProcess`), which runs them in order through `Handler` and writes the records of quick
+consecutive calls together, as one object (group commit). Outcomes land in the store, never in Dask.
 
-Worker death: the scheduler runs a task again when its worker dies. The new delivery finds, through
-`Attempts`, which call the dead worker was running, counts that call's attempts and writes a
-``died`` record once it is out of retries. A task the scheduler gives up on (``KilledWorker``) is
-submitted again, and the count goes on.
+Why a call process: a call that ends its process (``os._exit``, a crash, the OOM killer) ends only
+that child, which shares with the Dask worker which call it is running and how many records are
+durable. So the worker blames exactly that call (a re-run within ``worker_retries``, else a ``died``
+record), and its finished neighbours whose records were still held for the group simply run again,
+unblamed. A call past its timeout is stopped the same way, with every process it started, even if
+it holds the GIL; the Dask worker carries on.
 
-Timeouts: calls of a job with a timeout run in a child process of the Dask worker (`CallProcess`),
-which is killed with every process the call started once the call passes its deadline, even if the
-call holds the GIL; the Dask worker itself carries on.
+Worker death: a Dask worker killed from outside (or its machine lost) takes its call process with it,
+and the scheduler runs the task again. The new delivery finds, through `Attempts`, the first call of
+the batch without a durable status and counts one attempt against it: the call that was running, or
+one that finished within the group window (10 ms) before the kill with its record still held. Within
+``worker_retries`` it just runs again; past them it gets a ``died`` record. A task the scheduler
+gives up on (``KilledWorker``) is submitted again, and the count goes on, so no call stays pending.
+
+Speed: 20,000 no-op calls on a 2-worker LocalCluster (``python benchmarks/dask_backend.py``) take
+0.84 s against 0.95 s for the same calls batched by hand into ``client.map`` tasks of 500 (0.88x, in
+the same run, at load 5.5-6 on 2 cores).
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import os
 import socket
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,7 +45,6 @@ from ..errors import ConfigError, StorageError
 from ..job import Batch, Manifest, call_name
 from ..storage.base import Storage
 from ..storage.local import LocalStorage
-from ..worker import Handler
 from .base import Backend, CallBoard
 
 __all__ = ["DaskBackend"]
@@ -135,30 +145,42 @@ class DaskBackend(Backend):
         return f"DaskBackend({where})"
 
 
-_handlers: dict[str, Handler] = {}
-_worker_lock = threading.Lock()
-_local = threading.local()  # each Dask worker thread keeps a warm call process per client
+_WARM = 2  # warm call processes kept per Dask worker thread: those of the two clients that used it last
+
+
+class _Warm(threading.local):
+    """Each Dask worker thread's warm call processes, by client token, least recently used first."""
+
+    def __init__(self) -> None:
+        self.calls: OrderedDict[str, CallProcess] = OrderedDict()
+
+
+_warm = _Warm()
 
 
 def run_batch(token: str, storage: Storage, key: bytes, blob: bytes) -> int:
-    """The Dask task: run the calls of one batch that are still to run; return how many ran."""
+    """The Dask task: run the calls of one batch that are still to run; return how many ran.
+
+    They run in this worker thread's warm call process, whose records of quick calls are written
+    together (group commit): a call that ends its process is known exactly, because the process
+    reports each call's start and how many records are durable.
+    """
     batch = Batch.decode(key, blob)
-    with _worker_lock:
-        handler = _handlers.get(token)
-        if handler is None:
-            handler = _handlers[token] = Handler(storage, key, f"dask-{_worker_name()}")
-    attempts = Attempts(storage, key, handler.worker)
+    worker = f"dask-{_worker_name()}"
+    attempts = Attempts(storage, key, worker)
     todo = attempts.begin(batch)
-    if batch.timeout is None:
-        handler.run(todo)
-        return len(todo)
-    if not hasattr(_local, "calls"):
-        _local.calls = {}
-    calls = _local.calls.get(token)
-    if calls is None:
-        calls = _local.calls[token] = CallProcess(storage, key, handler.worker)
-    calls.run_batch(batch, todo, attempts, handler.worker)
+    _call_process(token, storage, key, worker).run_batch(batch, todo, attempts, worker)
     return len(todo)
+
+
+def _call_process(token: str, storage: Storage, key: bytes, worker: str) -> CallProcess:
+    """This thread's call process for the client ``token``; the least recently used past `_WARM` is closed."""
+    warm = _warm.calls
+    calls = warm.pop(token, None) or CallProcess(storage, key, worker)
+    warm[token] = calls
+    while len(warm) > _WARM:
+        warm.popitem(last=False)[1].close()
+    return calls
 
 
 def _worker_name() -> str:
