@@ -26,7 +26,8 @@ __all__ = [
     "as_completed",
 ]
 
-_PENDING, _RUNNING, _CANCELLED, _FINISHED = cf._base.PENDING, cf._base.RUNNING, cf._base.CANCELLED, cf._base.FINISHED
+_PENDING, _RUNNING, _CANCELLED, _FINISHED = (cf._base.PENDING, cf._base.RUNNING, cf._base.CANCELLED,
+                                             cf._base.FINISHED)
 _ENDED = (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED)
 ALL_COMPLETED = cf.ALL_COMPLETED
 ANY_COMPLETED = cf.FIRST_COMPLETED
@@ -56,7 +57,8 @@ class _Family:
 
     __slots__ = ("layout", "storage", "progress", "condition")
 
-    def __init__(self, layout: Layout, storage: Storage, progress: bool | None, condition: threading.Condition) -> None:
+    def __init__(self, layout: Layout, storage: Storage, progress: bool | None,
+                 condition: threading.Condition) -> None:
         self.layout, self.storage, self.progress, self.condition = layout, storage, progress, condition
 
 
@@ -129,7 +131,8 @@ class ResponseFuture(cf.Future):
 
     layout = property(lambda self: self._family.layout, doc="The keys of the call's job.")
     storage = property(lambda self: self._family.storage, doc="The store the call's outcome lands in.")
-    progress = property(lambda self: self._family.progress, doc="Whether waiting shows a progress bar (None: on a terminal).")
+    progress = property(lambda self: self._family.progress,
+                        doc="Whether waiting shows a progress bar (None: when stderr is a terminal).")
 
     @property
     def job_id(self) -> str:

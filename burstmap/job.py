@@ -5,7 +5,7 @@ Every key burstmap writes is built here::
     <prefix>/manifests/<shard>/<job_id>.json   the job's manifest, written last (a job is listed once it can run)
     <prefix>/jobs/<shard>/<job_id>/func.pickle   the function, signed (with the job's ``extra_args``)
     <prefix>/jobs/<shard>/<job_id>/summary.json  counts by state, written once every call has a record
-    <prefix>/jobs/<shard>/<job_id>/data.pickle   the calls' inputs, in signed blocks of about 64 KB (see `Manifest.blocks`)
+    <prefix>/jobs/<shard>/<job_id>/data.pickle   the calls' inputs, in signed blocks of ~64 KB (`Manifest.blocks`)
     <prefix>/jobs/<shard>/<job_id>/lease         until when the client watches the job
     <prefix>/jobs/<shard>/<job_id>/status/<m>/<k>/<call_id>   the status record: header, captured output, result
     <prefix>/jobs/<shard>/<job_id>/out/<m>/<k>/<call_id>      a result too large to keep inside the record
@@ -42,9 +42,9 @@ from .errors import BurstmapError, JobNotFoundError, KeyNotFoundError, PayloadRe
 from .serialize import MAC_SIZE, load_stream, seal, unseal
 from .versions import RUNTIME
 
-__all__ = ["Batch", "CallState", "Manifest", "Record", "Layout", "OutputRefs", "RecordError", "Task", "call_ids_of",
-           "call_name", "decode_group", "decode_records", "GroupView", "RecordGroup", "encode_records", "finished_calls", "load_manifest", "load_output",
-           "new_job_id", "read_record"]
+__all__ = ["Batch", "CallState", "GroupView", "Manifest", "Record", "RecordGroup", "Layout", "OutputRefs", "RecordError",
+           "Task", "call_ids_of", "call_name", "decode_group", "decode_records", "encode_records", "finished_calls",
+           "load_manifest", "load_output", "new_job_id", "read_record"]
 
 RECORD_MAGIC = b"BMS3\n"
 GROUP_MAGIC = b"BMG4\n"

@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import BurstmapError, PayloadRejectedError, SerializationError, StorageError
 from .future import Deferred, ResponseFuture, rebuild_error, settle, take_all
-from .job import CHUNK, CallState, Manifest, Record, RecordError, GroupView, call_ids_of, decode_group, load_output
+from .job import CHUNK, CallState, GroupView, Manifest, Record, RecordError, call_ids_of, decode_group, load_output
 from .lease import Leases
 from .stats import JobSummary
 from .storage.base import Storage

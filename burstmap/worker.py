@@ -228,20 +228,23 @@ class Handler:
             self._window = (tasks[0].job_id, start, data)
 
     def _inputs(self, task: Task) -> InputBlock:
-        """The verified block that holds a task's input: the last one used, or read from the batch's window,
-        or read alone."""
+        """The verified block that holds a task's input (the last one used, most of the time)."""
         block = self._block
         if block is None or block[0] != (task.job_id, task.start):
-            window = self._window
-            if window and window[0] == task.job_id and window[1] <= task.start and task.end <= window[1] + len(window[2]):
-                blob = memoryview(window[2])[task.start - window[1]:task.end - window[1]]
-            else:
-                blob = self.storage.get_range(Layout(task.prefix, task.job_id).data, task.start, task.end)
+            blob = self._read_block(task)
             block = self._block = (task.job_id, task.start), InputBlock(self._key, task.job_id, task.start, blob)
         if task.call_id not in block[1]:
             raise PayloadRejectedError(f"the block of inputs at byte {task.start} of job {task.job_id} does not hold "
                                        f"call {task.call_id}")
         return block[1]
+
+    def _read_block(self, task: Task) -> bytes | memoryview:
+        """The bytes of a task's block of inputs: from the batch's window when it holds them, else read alone."""
+        if self._window and self._window[0] == task.job_id:
+            _, start, data = self._window
+            if start <= task.start and task.end <= start + len(data):
+                return memoryview(data)[task.start - start:task.end - start]
+        return self.storage.get_range(Layout(task.prefix, task.job_id).data, task.start, task.end)
 
     def _resolve(self, arg: Any) -> Any:
         if isinstance(arg, DataPiece):
