@@ -94,7 +94,10 @@ class Handler:
 
     def run_task(self, task: Task) -> Record:
         """Run one task and write its status record; user errors become records, not exceptions."""
-        record = self.execute(task)
+        try:
+            record = self.execute(task)
+        finally:
+            self._block = None  # a large input is not kept past its call
         self._write([(task, record)])
         return record
 
