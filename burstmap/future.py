@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import gc
+import logging
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ __all__ = [
     "as_completed",
 ]
 
+_log = logging.getLogger(__name__)
 _PENDING, _RUNNING, _CANCELLED, _FINISHED = (cf._base.PENDING, cf._base.RUNNING, cf._base.CANCELLED,
                                              cf._base.FINISHED)
 _ENDED = (cf._base.CANCELLED, cf._base.CANCELLED_AND_NOTIFIED, cf._base.FINISHED)
@@ -288,7 +290,10 @@ def settle(outcomes: Iterable[Outcome]) -> None:
             condition.notify_all()
         for future in done:
             if future._done_callbacks_:
-                future._invoke_callbacks()
+                try:
+                    future._invoke_callbacks()
+                except BaseException:  # a SystemExit from one future's callback skips none of the others'
+                    _log.exception("burstmap: a done callback of %r raised", future)
 
 
 class Deferred:

@@ -343,3 +343,19 @@ def test_a_reduce_that_cannot_be_submitted_fails_its_future_instead_of_hanging(e
     with pytest.raises(burstmap.BurstmapError, match="SystemExit: 3"):
         exiting.result(timeout=60)
     assert ex.reduce(sum, ex.map(abs, [-1, -2])).result(timeout=60) == 3
+
+
+def exit_program(future: cf.Future) -> None:
+    raise SystemExit(3)
+
+
+def test_a_callback_that_exits_stops_no_other_futures_callbacks(ex, caplog):
+    futures = ex.map(str, range(20))
+    ran: list[int] = []
+    futures[0].add_done_callback(exit_program)  # its group's futures are finished together, in one pass
+    for future in futures[1:]:
+        future.add_done_callback(lambda f: ran.append(f.call_id))
+    assert burstmap.get_all_results(futures, timeout=60) == [str(i) for i in range(20)]
+    until(lambda: len(ran) == 19, "every other callback ran")
+    assert sorted(ran) == list(range(1, 20))
+    assert any("done callback" in r.getMessage() for r in caplog.records)
