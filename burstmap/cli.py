@@ -307,10 +307,9 @@ def status_command(session: Session, job_id: str, follow: bool, interval: float)
 
 def _outcomes(session: Session, job: JobRecords) -> Iterator[tuple[int, str, Any]]:
     """Each call's (call_id, state, result or exception); pending calls give ``None``."""
-    from .future import ResponseFuture
-    from .watcher import finish
+    from .future import Deferred
+    from .watcher import outcome
     key = session.config.secret()
-    layout = job.manifest.layout
     for call_id in range(job.manifest.n_calls):
         if call_id in job.corrupt:
             yield call_id, "corrupt", BurstmapError(job.corrupt[call_id])
@@ -318,10 +317,14 @@ def _outcomes(session: Session, job: JobRecords) -> Iterator[tuple[int, str, Any
         if call_id not in job.records:
             yield call_id, "pending", None
             continue
-        future = ResponseFuture(layout, call_id, session.storage)
-        finish(future, session.storage, key, job.records[call_id])
-        error = future.exception()
-        yield call_id, job.records[call_id].state.value, error if error is not None else future.result()
+        record = job.records[call_id]
+        value, error = outcome(session.storage, key, job.manifest.job_id, record)
+        if error is None and isinstance(value, Deferred):
+            try:
+                value = value.load()
+            except Exception as e:
+                error = e
+        yield call_id, record.state.value, error if error is not None else value
 
 
 @main.command("results")

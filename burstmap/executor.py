@@ -13,8 +13,8 @@ import sys
 import threading
 import time
 import weakref
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 from . import registry, stats
@@ -22,7 +22,7 @@ from .backends.base import Backend
 from .call import Spread, WithEnv
 from .config import Config, load_config
 from .errors import ConfigError, ExecutorShutdownError, PayloadRejectedError
-from .future import ResponseFuture
+from .future import CallBook, Futures, ResponseFuture
 from .interrupt import interrupted, notice_ctrl_c
 from .job import Layout, Manifest, OutputRefs, Task, finished_calls, load_manifest, new_job_id
 from .partition import is_data_source, pieces
@@ -36,6 +36,11 @@ from .watcher import Watcher, reportable
 from .worker import Handler, Trailing
 
 __all__ = ["Executor", "default_executor"]
+
+
+_FIRST_PART = 1024  # calls in the first part of a streamed map: workers start on it at once
+_LAST_PART = 1 << 20  # the most calls in a part: a million-call map over a generator is a few jobs, not one
+_PART_BYTES = 64 << 20  # the most bytes of inputs a part holds in memory before it is stored
 
 
 def _build(kind: str, value: Any, base: type) -> Any:
@@ -84,18 +89,26 @@ class Executor(cf.Executor):
                 self._started = True
                 notice_ctrl_c(_busy)
 
-    def _submit_job(self, func: Callable, calls: Iterable[tuple[tuple, dict]], timeout: float | None,
+    def _submit_job(self, func: Callable | bytes, calls: Iterable[tuple[tuple, dict]], timeout: float | None,
                     worker_retries: int | None, kind: str = "map", job_id: str | None = None,
-                    name: str | None = None) -> list[ResponseFuture]:
+                    name: str | None = None, before: int = 0, max_bytes: int | None = None) -> Futures:
+        """Store a job (its function, pickled already or not, and its calls) and have the backend run it.
+
+        ``before`` and ``max_bytes`` are for a part of a streamed map (`_stream`): how many calls the
+        parts before it hold, and the size of inputs after which this part takes no more.
+        """
         job_id = job_id or new_job_id()
-        func_blob = seal(self._key, f"{job_id}/func", dumps_function(func, self.backend.imports_client_modules))
-        data, blocks = dumps_calls(calls, self._key, job_id)
+        pickled = func if isinstance(func, bytes) else dumps_function(func, self.backend.imports_client_modules)
+        func_blob = seal(self._key, f"{job_id}/func", pickled)
+        data, blocks = dumps_calls(calls, self._key, job_id, before, max_bytes)
         n_calls = blocks[-1][0]
         if not n_calls:
-            return []
+            return Futures()
         limit = self.config.map_item_limit
-        if limit is not None and n_calls > limit:
-            raise ConfigError(f"a job of {n_calls} calls is over map_item_limit ({limit}); split it or raise the limit")
+        if limit is not None and before + n_calls > limit:
+            at_least = "at least " if max_bytes is not None else ""
+            raise ConfigError(f"a map of {at_least}{before + n_calls} calls is over map_item_limit ({limit}); "
+                              "split it or raise the limit")
         self._start()
         manifest = Manifest(
             job_id=job_id, prefix=self.config.prefix, function=name or _qualname(func), blocks=tuple(blocks),
@@ -109,10 +122,10 @@ class Executor(cf.Executor):
         store.put(layout.func, func_blob)
         store.put(layout.data, data)
         store.put(layout.manifest, manifest.encode(self._key))  # last: a job is listed only once it can run
-        futures = self._futures(layout, manifest.n_calls)
-        self._watcher.watch(manifest, futures)
+        book = self._book(layout, manifest.n_calls)
+        self._watcher.watch(manifest, book)
         self._run(manifest, range(manifest.n_calls))
-        return futures
+        return Futures.of(book)
 
     def _run(self, manifest: Manifest, call_ids: Sequence[int]) -> None:
         """Have the backend run calls already watched; if it cannot, their futures fail with its error too."""
@@ -122,8 +135,8 @@ class Executor(cf.Executor):
             self._watcher.fail(manifest.job_id, call_ids, e)
             raise
 
-    def _futures(self, layout: Layout, n_calls: int) -> list[ResponseFuture]:
-        return ResponseFuture.of_job(layout, n_calls, self.storage, self.config.progress)
+    def _book(self, layout: Layout, n_calls: int) -> CallBook:
+        return CallBook(layout, n_calls, self.storage, self.config.progress)
 
     def call_async(self, func: Callable, data: Any, extra_args: Iterable[Any] = (), timeout: float | None = None,
                    worker_retries: int | None = None, retries: int = 0,
@@ -160,8 +173,11 @@ class Executor(cf.Executor):
             timeout: float | None = None, worker_retries: int | None = None, retries: int = 0,
             retry_on: tuple[type[BaseException], ...] = (Exception,), chunk_size: int | str | None = None,
             newline_aligned: bool = True, extra_env: Mapping[str, str] | None = None,
-            exclude_modules: Iterable[str] = ()) -> list[ResponseFuture]:
+            exclude_modules: Iterable[str] = ()) -> Futures:
         """Run ``func(item, *extra_args)`` for every item, one call each; return the futures at once.
+
+        The futures read as a list; each is made when read (`Futures`), so a job of a million calls
+        costs this process about 20 bytes a call until its results are read.
 
         Args:
             iterdata: the inputs, any iterable (a generator too); or data to read (see docs/data.md):
@@ -187,11 +203,38 @@ class Executor(cf.Executor):
         func = _retrying(func, retries, retry_on)
         if extra:
             func = Trailing(func, extra)
+        calls = (((item,), {}) for item in iterdata)
         with excluding(exclude_modules):
-            return self._submit_job(_with_env(func, extra_env), (((item,), {}) for item in iterdata), timeout,
-                                    worker_retries, name=name)
+            if isinstance(iterdata, Sized):
+                return self._submit_job(_with_env(func, extra_env), calls, timeout, worker_retries, name=name)
+            pickled = dumps_function(_with_env(func, extra_env), self.backend.imports_client_modules)
+        return self._stream(pickled, calls, timeout, worker_retries, name)
 
-    def starmap(self, func: Callable, iterdata: Iterable[Any], **options: Any) -> list[ResponseFuture]:
+    def _stream(self, pickled: bytes, calls: Iterator[tuple[tuple, dict]], timeout: float | None,
+                worker_retries: int | None, name: str) -> Futures:
+        """`map` over an input of unknown length: read it in parts, each a job of its own that starts as soon
+        as its part is stored, so calls run while the rest is read and no part is held whole for long.
+
+        Parts grow from `_FIRST_PART` calls to `_LAST_PART`, and end early at `_PART_BYTES` of inputs.
+        If reading or storing a part fails, the calls of the parts before it are cancelled (those no
+        worker has taken) and the error is raised here.
+        """
+        parts: list[Futures] = []
+        size, total = _FIRST_PART, 0
+        try:
+            while (first := next(calls, None)) is not None:
+                part = self._submit_job(pickled, itertools.islice(itertools.chain([first], calls), size), timeout,
+                                        worker_retries, name=name, before=total, max_bytes=_PART_BYTES)
+                parts.append(part)
+                total += len(part)
+                size = min(2 * size, _LAST_PART)
+        except BaseException:
+            for part in parts:
+                part.cancel()
+            raise
+        return Futures(segment for part in parts for segment in part._parts)
+
+    def starmap(self, func: Callable, iterdata: Iterable[Any], **options: Any) -> Futures:
         """Like `map`, but a tuple input is spread as positional arguments and a dict input as keywords."""
         return self.map(Spread(func), iterdata, **options)
 
@@ -207,7 +250,7 @@ class Executor(cf.Executor):
         if not isinstance(window, int) or window < 1:
             raise ConfigError(f"window must be a positive number of calls, not {window!r}")
         items, extra = iter(iterdata), tuple(extra_args)
-        running: deque[list[ResponseFuture]] = deque()
+        running: deque[Futures] = deque()
 
         def submit_next() -> None:
             chunk = list(itertools.islice(items, window))
@@ -220,15 +263,15 @@ class Executor(cf.Executor):
                 submit_next()
                 futures = running[0]
                 if ordered:
-                    for future in futures:
-                        yield future.result()
+                    for i in range(len(futures)):
+                        yield futures._consume(i, None)
                 else:
                     for future in cf.as_completed(futures):
                         yield future.result()
                 running.popleft()
         finally:
-            for future in (f for futures in running for f in futures):
-                future.cancel()
+            for futures in running:
+                futures.cancel()
 
     def imap_unordered(self, func: Callable, iterdata: Iterable[Any], extra_args: Iterable[Any] = (), *,
                        window: int = 10_000, **options: Any) -> Iterator[Any]:
@@ -303,7 +346,7 @@ class Executor(cf.Executor):
         """The stored, verified description of a job; `JobNotFoundError` if the store has none."""
         return load_manifest(self.storage, self._key, self.config.prefix, job_id)
 
-    def attach(self, job_id: str, resume: bool = False) -> list[ResponseFuture]:
+    def attach(self, job_id: str, resume: bool = False) -> Futures:
         """Rebuild the futures of an existing job from storage alone (from any process).
 
         With ``resume``, calls that have no status yet (their client and its workers died) are run
@@ -311,17 +354,17 @@ class Executor(cf.Executor):
         """
         manifest = self.manifest(job_id)
         layout = manifest.layout
-        futures = self._futures(layout, manifest.n_calls)
+        book = self._book(layout, manifest.n_calls)
         missing = []
         if resume:
             finished = finished_calls(self.storage, layout, range(manifest.n_calls))
             missing = [i for i in range(manifest.n_calls) if i not in finished]
             if missing:
                 self._start()
-        self._watcher.watch(manifest, futures)
+        self._watcher.watch(manifest, book)
         if missing:
             self._run(manifest, missing)
-        return futures
+        return Futures.of(book)
 
     def replay(self, job_id: str, call_id: int) -> Any:
         """Run one stored call again here, in this process, so a debugger works; nothing is written.
@@ -362,10 +405,9 @@ class Executor(cf.Executor):
             self._shutdown = True
             started = self._started
         if cancel_futures:
-            for future in self._watcher.pending():
-                future.cancel()
+            self._watcher.cancel_pending()
         if wait:
-            cf.wait(self._watcher.pending())
+            self._watcher.wait_ended()
         if started:
             self.backend.shutdown(wait)
         self._watcher.close(_shutdown_error)
@@ -428,14 +470,6 @@ class _Star:
         return self.fn(*args)
 
 
-def _result_or_cancel(future: cf.Future, timeout: float | None) -> Any:
-    """The future's result; if none comes in time, its call is cancelled if no worker has taken it yet."""
-    try:
-        return future.result(timeout)
-    finally:
-        future.cancel()
-
-
 class _StandardExecutor(cf.Executor):
     """`concurrent.futures.Executor` semantics over a burstmap executor: ``map`` returns results in order."""
 
@@ -453,16 +487,16 @@ class _StandardExecutor(cf.Executor):
         """
         end = None if timeout is None else time.monotonic() + timeout
         futures = self._executor.map(_Star(fn), zip(*iterables))
-        futures.reverse()
 
         def results() -> Iterator[Any]:
             """Like the standard executors: drop each future once yielded; cancel the rest if stopped early."""
+            yielded = 0
             try:
-                while futures:
-                    yield _result_or_cancel(futures.pop(), None if end is None else max(0.0, end - time.monotonic()))
+                while yielded < len(futures):
+                    yield futures._consume(yielded, None if end is None else max(0.0, end - time.monotonic()))
+                    yielded += 1
             finally:
-                for future in futures:
-                    future.cancel()
+                futures[yielded:].cancel()
 
         return results()
 
@@ -484,7 +518,7 @@ def _shut_down_live_executors() -> None:
         if not interrupted():
             executor.shutdown(wait=True)
             continue
-        jobs = Counter(f.job_id for f in executor._watcher.pending())
+        jobs = executor._watcher.unfinished()
         executor.shutdown(wait=False, cancel_futures=True)
         for job_id, unfinished in jobs.items():
             print(f"burstmap: interrupted; job {job_id} has {unfinished} calls unfinished: "
@@ -493,7 +527,7 @@ def _shut_down_live_executors() -> None:
 
 def _busy() -> bool:
     """Whether any live executor has calls in flight."""
-    return any(executor._watcher.pending() for executor in list(_live))
+    return any(executor._watcher.unfinished() for executor in list(_live))
 
 
 threading._register_atexit(_shut_down_live_executors)  # type: ignore[attr-defined]  # as concurrent.futures.thread

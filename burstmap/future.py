@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import bisect
 import concurrent.futures as cf
-import gc
+import itertools
 import logging
+import re
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from tqdm.auto import tqdm
@@ -53,20 +56,179 @@ class RemoteTraceback(Exception):
         return f'\n"""\n{self.text}"""'
 
 
-class _Family:
-    """What the futures of one job share: its layout, its store, whether to show progress, and one condition
-    (a condition of its own is most of a plain future's memory, which a million-call job cannot afford)."""
+# A call's state in its job's book, one byte each; the `concurrent.futures` state each stands for.
+_B_PENDING, _B_RUNNING, _B_CANCELLED, _B_OK, _B_FAILED, _B_NOTIFIED = range(6)
+_STATE_OF = (_PENDING, _RUNNING, _CANCELLED, _FINISHED, _FINISHED, cf._base.CANCELLED_AND_NOTIFIED)
+_OPEN = re.compile(rb"[\x00\x01]")
+_CANCELLED_BYTE = re.compile(rb"[\x02\x05]")
+_REPR_CALLS = 20
 
-    __slots__ = ("layout", "storage", "progress", "condition")
 
-    def __init__(self, layout: Layout, storage: Storage, progress: bool | None,
-                 condition: threading.Condition) -> None:
-        self.layout, self.storage, self.progress, self.condition = layout, storage, progress, condition
+class CallBook:
+    """What this client knows of one job's calls: a state byte, the outcome and the stored record of each,
+    about 20 bytes a call, instead of a future per call held from the start.
+
+    A call's `ResponseFuture` is made when read (`future`). The book keeps it in step while anybody
+    holds it, and holds it itself while it has waiters or done callbacks; the outcomes stay in the
+    book either way, so a future dropped and read again is the same call in the same state.
+    """
+
+    def __init__(self, layout: Layout, n_calls: int, storage: Storage, progress: bool | None) -> None:
+        self.layout, self.storage, self.progress = layout, storage, progress
+        self.condition = threading.Condition()
+        self.states = bytearray(n_calls)
+        self.values: list[Any] = [None] * n_calls  # a finished call's value, or its error
+        self.records: list[Any] = [None] * n_calls  # its record, or the stored group that holds it
+        self.unusual = 0  # values that `result()` does more with than return: loaded late, or futures
+        self._live: weakref.WeakValueDictionary[int, ResponseFuture] = weakref.WeakValueDictionary()
+        self._held: dict[int, ResponseFuture] = {}
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def future(self, call_id: int) -> ResponseFuture:
+        """The future of one call: the one somebody holds, or a new one in the call's present state."""
+        with self.condition:
+            future = self._live.get(call_id)
+            if future is None:
+                future = ResponseFuture.__new__(ResponseFuture)
+                future._join(self, call_id)
+        return future
+
+    def take(self, call_ids: Iterable[int]) -> list[int]:
+        """Mark calls as handed to a worker; return those still wanted.
+
+        A pending call becomes running; a running one (a re-run after its worker died) stays wanted;
+        a cancelled or finished one is not (a cancelled one's waiters hear of it now).
+        """
+        wanted = []
+        with self.condition:
+            states, live = self.states, self._live or None
+            for i in call_ids:
+                state = states[i]
+                if state == _B_PENDING:
+                    states[i] = _B_RUNNING
+                    future = live and live.get(i)
+                    if future is not None:
+                        future._state = _RUNNING
+                elif state == _B_CANCELLED:
+                    self._notify_cancelled(i)
+                if state <= _B_RUNNING:
+                    wanted.append(i)
+        return wanted
+
+    def _notify_cancelled(self, call_id: int) -> None:
+        """A cancelled call will not run: its future's waiters hear of it (the condition is held)."""
+        self.states[call_id] = _B_NOTIFIED
+        future = self._live.get(call_id)
+        if future is not None:
+            future.set_running_or_notify_cancel()
+
+    def cancel(self, call_ids: Iterable[int]) -> int:
+        """Cancel the calls no worker has taken yet; return how many."""
+        cancelled, futures = 0, []
+        with self.condition:
+            states = self.states
+            for i in call_ids:
+                if states[i] == _B_PENDING:
+                    states[i] = _B_CANCELLED
+                    cancelled += 1
+                    future = self._live.get(i)
+                    if future is not None:
+                        future._state = _CANCELLED
+                        futures.append(future)
+            if cancelled:
+                ResponseFuture.cancellations += 1
+                self.condition.notify_all()
+        for future in futures:
+            future._run_callbacks()
+        return cancelled
+
+    def settle(self, outcomes: Iterable[tuple[int, Any, Any, BaseException | None]]) -> None:
+        """Finish calls with their ``(call_id, record, value, error)``: under one hold of the condition and
+        one wake-up of its waiters. Calls cancelled or finished already are skipped."""
+        done = []
+        with self.condition:
+            states, values, records, live = self.states, self.values, self.records, self._live or None
+            for i, record, value, error in outcomes:
+                state = states[i]
+                if state > _B_RUNNING:
+                    if state == _B_CANCELLED:
+                        self._notify_cancelled(i)
+                    continue
+                if error is None:
+                    states[i], values[i] = _B_OK, value
+                    if _resolves(value):
+                        self.unusual += 1
+                else:
+                    states[i], values[i] = _B_FAILED, error
+                records[i] = record
+                future = live and live.get(i)
+                if future is not None:
+                    future._settle(record, value, error)
+                    done.append(future)
+            self.condition.notify_all()
+        for future in done:
+            future._run_callbacks()
+
+    def open_from(self, call_ids: Sequence[int], at: int = 0) -> int | None:
+        """The position in ``call_ids`` of the first call still pending or running, from ``at`` on; None if none."""
+        states = self.states
+        if isinstance(call_ids, range) and call_ids.step == 1:
+            found = _OPEN.search(states, call_ids.start + at, call_ids.stop)
+            return None if found is None else found.start() - call_ids.start
+        for k in range(at, len(call_ids)):
+            if states[call_ids[k]] <= _B_RUNNING:
+                return k
+        return None
+
+    def forget(self, call_id: int) -> None:
+        """Drop a call's outcome, read by an iterator that alone held its future: a later read finds None."""
+        with self.condition:
+            self.values[call_id] = self.records[call_id] = None
+
+    def open_calls(self) -> list[int]:
+        """The calls pending or running."""
+        return [m.start() for m in _OPEN.finditer(self.states)]
+
+    def cancelled_calls(self) -> set[int]:
+        """The calls cancelled."""
+        return {m.start() for m in _CANCELLED_BYTE.finditer(self.states)}
+
+    def count(self, call_ids: Sequence[int], *states: int) -> int:
+        """How many of the calls are in one of ``states``."""
+        if isinstance(call_ids, range) and call_ids.step == 1:
+            return sum(self.states.count(state, call_ids.start, call_ids.stop) for state in states)
+        return sum(self.states[i] in states for i in call_ids)
+
+    def open_count(self, call_ids: Sequence[int]) -> int:
+        """How many of the calls are pending or running."""
+        return self.count(call_ids, _B_PENDING, _B_RUNNING)
+
+    def wait_ended(self, call_ids: Sequence[int], timeout: float | None = None) -> bool:
+        """Wait until none of the calls is pending or running, or ``timeout`` passes; return whether none is."""
+        end = None if timeout is None else time.monotonic() + timeout
+        at: int | None = 0
+        with self.condition:
+            while (at := self.open_from(call_ids, at)) is not None:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self.condition.wait(left)
+        return True
+
+
+def _resolves(value: Any) -> bool:
+    """Whether `ResponseFuture.result` does more with a call's value than return it: load it, or wait for the
+    futures it holds."""
+    return (isinstance(value, (Deferred, ResponseFuture, Futures))
+            or (type(value) is list and bool(value) and all(isinstance(v, ResponseFuture) for v in value)))
 
 
 class _MadeOnUse:
     """A list attribute created when first read: most futures never get a waiter or a callback. It lives in
-    the attribute of the same name with ``_`` appended, ``None`` until then."""
+    the attribute of the same name with ``_`` appended, ``None`` until then. A future that has one is held
+    by its book, so that it is there to be finished."""
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = name + "_"
@@ -78,6 +240,7 @@ class _MadeOnUse:
         if values is None:
             values = []
             setattr(future, self.slot, values)
+            future._book._held[future.call_id] = future
         return values
 
     def __set__(self, future: Any, values: list) -> None:
@@ -88,57 +251,42 @@ class ResponseFuture(cf.Future):
     """The future of one call. It is finished when its status record appears in the store.
 
     It starts ``PENDING`` and can be cancelled until a backend hands the call to a worker
-    (`take`); a record that appears for a call no backend reported taking finishes it all the same.
+    (`CallBook.take`); a record that appears for a call no backend reported taking finishes it all the same.
 
-    The futures of one job share their job's layout, store and condition (`of_job`), so a pending
-    future costs about 200 bytes; waiting therefore re-checks its own state. A finished one keeps
-    its record as stored, with its neighbours', until `record` is read.
+    A job's futures are made when read from its `Futures` and share its `CallBook` (layout, store,
+    condition, outcomes), so waiting re-checks its own state. A finished one keeps its record as
+    stored, with its neighbours', until `record` is read.
     """
 
     _waiters = _MadeOnUse()
     _done_callbacks = _MadeOnUse()
 
-    def __init__(self, layout: Layout, call_id: int, storage: Storage, progress: bool | None = None,
-                 condition: threading.Condition | None = None) -> None:
-        self._join(_Family(layout, storage, progress, condition or threading.Condition()), call_id)
+    def __init__(self, layout: Layout, call_id: int, storage: Storage, progress: bool | None = None) -> None:
+        """A future of one call, on a book of its own (jobs make theirs with `Futures`)."""
+        self._join(CallBook(layout, call_id + 1, storage, progress), call_id)
 
-    @classmethod
-    def of_job(cls, layout: Layout, n_calls: int, storage: Storage, progress: bool | None) -> list[ResponseFuture]:
-        """The futures of a job's calls ``0 .. n_calls - 1``, sharing one family."""
-        family = _Family(layout, storage, progress, threading.Condition())
-        collecting = gc.isenabled()
-        gc.disable()  # a million new objects would start hundreds of collections that find nothing to free
-        try:
-            futures = []
-            for call_id in range(n_calls):  # each joined as made: one made before the class's first has its
-                future = cls.__new__(cls)  # attributes would keep them in a dict of its own, 170 bytes more
-                future._join(family, call_id)
-                futures.append(future)
-        finally:
-            if collecting:
-                gc.enable()
-        return futures
-
-    def _join(self, family: _Family, call_id: int) -> None:
-        # What cf.Future.__init__ sets, the condition shared and the lists made on use.
-        self._family = family
-        self._condition = family.condition
+    def _join(self, book: CallBook, call_id: int) -> None:
+        """Take the call's state from its book, and be the one the book keeps in step (the condition is held)."""
+        state = book.states[call_id]
+        self._book = book
+        self._condition = book.condition
         self.call_id = call_id
-        self._state = _PENDING
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._record: Any = None
+        self._state = _STATE_OF[state]
+        self._result: Any = book.values[call_id] if state == _B_OK else None
+        self._exception: BaseException | None = book.values[call_id] if state == _B_FAILED else None
+        self._record: Any = book.records[call_id]
         self._waiters_: list | None = None
         self._done_callbacks_: list | None = None
+        book._live[call_id] = self
 
-    layout = property(lambda self: self._family.layout, doc="The keys of the call's job.")
-    storage = property(lambda self: self._family.storage, doc="The store the call's outcome lands in.")
-    progress = property(lambda self: self._family.progress,
+    layout = property(lambda self: self._book.layout, doc="The keys of the call's job.")
+    storage = property(lambda self: self._book.storage, doc="The store the call's outcome lands in.")
+    progress = property(lambda self: self._book.progress,
                         doc="Whether waiting shows a progress bar (None: when stderr is a terminal).")
 
     @property
     def job_id(self) -> str:
-        return self._family.layout.job_id
+        return self._book.layout.job_id
 
     @property
     def record(self) -> Record | None:
@@ -183,10 +331,10 @@ class ResponseFuture(cf.Future):
         if isinstance(value, Deferred):
             value = value.load()
             with self._condition:
-                self._result = value
+                self._result = self._book.values[self.call_id] = value
         if isinstance(value, ResponseFuture):
             return value.result(timeout)
-        if isinstance(value, list) and value and all(isinstance(v, ResponseFuture) for v in value):
+        if _resolves(value):
             return [v.result(timeout) for v in value]
         return value
 
@@ -204,96 +352,215 @@ class ResponseFuture(cf.Future):
         """Whether the call has finished with an error (PyWren's name)."""
         return self.done() and not self.cancelled() and self.exception() is not None
 
-    #: How many futures were ever cancelled here: the watcher looks for cancelled calls only when it grows.
+    #: How many cancellations there ever were here: the watcher looks for cancelled calls only when it grows.
     cancellations = 0
 
     def cancel(self) -> bool:
-        cancelled = super().cancel()
-        if cancelled:
-            ResponseFuture.cancellations += 1
-        return cancelled
-
-    def take(self) -> bool:
-        """Mark the call as handed to a worker; return whether it is still wanted.
-
-        A pending future becomes ``RUNNING``; a running one (a re-run after its worker died) stays
-        wanted; a cancelled or finished one is not (a cancelled one's waiters hear of it now).
-        """
+        """Cancel the call unless a worker has taken it (as `concurrent.futures.Future.cancel`)."""
         with self._condition:
-            return self._take()
+            if self._state in (_RUNNING, _FINISHED):
+                return False
+            if self._state != _PENDING:
+                return True
+            self._state = _CANCELLED
+            self._book.states[self.call_id] = _B_CANCELLED
+            ResponseFuture.cancellations += 1
+            self._condition.notify_all()
+        self._run_callbacks()
+        return True
 
-    def _take(self) -> bool:
-        """`take`, with the condition held."""
-        state = self._state
-        if state == _PENDING:
-            self._state = _RUNNING
-            return True
-        if state == _CANCELLED:
-            self.set_running_or_notify_cancel()
-        return state == _RUNNING
+    def _settle(self, record: Any, value: Any, error: BaseException | None) -> None:
+        """Finish with the call's outcome and tell the waiters (the condition is held)."""
+        self._record = record
+        self._state = _FINISHED
+        waiters = self._waiters_
+        if error is None:
+            self._result = value
+            for waiter in waiters or ():
+                waiter.add_result(self)
+        else:
+            self._exception = error
+            for waiter in waiters or ():
+                waiter.add_exception(self)
+
+    def _run_callbacks(self) -> None:
+        """Run the done callbacks, if any: one that raises, even ``SystemExit``, is logged and stops no other
+        future's; then the book no longer needs to hold this future."""
+        if self._done_callbacks_:
+            try:
+                self._invoke_callbacks()
+            except BaseException:
+                _log.exception("burstmap: a done callback of %r raised", self)
+        self._book._held.pop(self.call_id, None)
 
     def _finish(self, record: Record | None, value: Any = None, error: BaseException | None = None) -> None:
         """Finish with the call's outcome, unless the future was cancelled or finished already."""
-        settle([(self, record, value, error)])
+        self._book.settle([(self.call_id, record, value, error)])
 
     def __repr__(self) -> str:
         return f"<ResponseFuture {self.job_id}/{call_name(self.call_id)} {self._state.lower()}>"
 
 
-#: A future, its record (or the stored group that holds it), and its value or error.
-Outcome = tuple[ResponseFuture, Any, Any, "BaseException | None"]
+class Futures(Sequence[ResponseFuture]):
+    """The futures of a job's calls, or of some of them, as `Executor.map` returns them: each made when read.
 
+    It reads as a list. A call costs its job's book about 20 bytes until its future is read, and the
+    future is not kept once nobody holds it, so ``for f in ex.map(...)`` over a million calls stays
+    small. `get_all_results` and `wait` read the books directly, without making futures at all. The
+    futures of a `map` over a generator span several jobs, one per part of the input (`job_ids`).
+    """
 
-def take_all(futures: Iterable[ResponseFuture]) -> set[ResponseFuture]:
-    """`ResponseFuture.take` for many futures at once, under one hold of each job's condition; return those
-    still wanted."""
-    futures = list(futures)
-    wanted = set()
-    for condition, group in _by_condition(futures, [f._condition for f in futures]):
-        with condition:
-            wanted.update(f for f in group if f._take())
-    return wanted
+    __slots__ = ("_parts", "_starts")
 
+    def __init__(self, parts: Iterable[tuple[CallBook, Sequence[int]]] = ()) -> None:
+        self._parts = [(book, ids) for book, ids in parts if len(ids)]
+        self._starts = list(itertools.accumulate((len(ids) for _, ids in self._parts), initial=0))
 
-def _by_condition(items: list, conditions: list[threading.Condition]) -> Iterator[tuple[threading.Condition, list]]:
-    """Items grouped by their futures' condition (usually one: their job's)."""
-    distinct = set(conditions)
-    if len(distinct) == 1:
-        yield distinct.pop(), items
-        return
-    for condition in distinct:
-        yield condition, [item for item, c in zip(items, conditions) if c is condition]
+    @classmethod
+    def of(cls, book: CallBook) -> Futures:
+        """The futures of every call in a book."""
+        return cls([(book, range(len(book)))])
 
+    @property
+    def job_ids(self) -> list[str]:
+        """The jobs these calls belong to, in order (one, unless the input was streamed in parts)."""
+        return list(dict.fromkeys(book.layout.job_id for book, _ in self._parts))
 
-def settle(outcomes: Iterable[Outcome]) -> None:
-    """Finish futures with their calls' outcomes: under one hold of each job's shared condition and one
-    wake-up of its waiters, rather than one of each per future. Cancelled or finished futures are skipped."""
-    outcomes = list(outcomes)
-    for condition, group in _by_condition(outcomes, [outcome[0]._condition for outcome in outcomes]):
-        done = []
-        with condition:
-            for future, record, value, error in group:
-                if not future._take():
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return self._slice(range(len(self))[index])
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("futures index out of range")
+        k = bisect.bisect_right(self._starts, index) - 1
+        book, ids = self._parts[k]
+        return book.future(ids[index - self._starts[k]])
+
+    def _slice(self, positions: range) -> Futures:
+        if positions.step != 1:
+            runs: list[tuple[CallBook, list[int]]] = []
+            for p in positions:
+                k = bisect.bisect_right(self._starts, p) - 1
+                book, ids = self._parts[k]
+                if not runs or runs[-1][0] is not book:
+                    runs.append((book, []))
+                runs[-1][1].append(ids[p - self._starts[k]])
+            return Futures(runs)
+        return Futures((book, ids[max(0, positions.start - start):max(0, positions.stop - start)])
+                       for (book, ids), start in zip(self._parts, self._starts))
+
+    def __iter__(self) -> Iterator[ResponseFuture]:
+        for book, ids in self._parts:
+            future = book.future
+            for call_id in ids:
+                yield future(call_id)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Futures, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __add__(self, other: Iterable[ResponseFuture]) -> list[ResponseFuture]:
+        return [*self, *other]
+
+    def __radd__(self, other: Iterable[ResponseFuture]) -> list[ResponseFuture]:
+        return [*other, *self]
+
+    def __reduce__(self) -> tuple:
+        """Pickle as the list of futures it stands for (each one as its call's identity)."""
+        return list, (list(self),)
+
+    def __repr__(self) -> str:
+        """As a list's, unless that would be long."""
+        if len(self) <= _REPR_CALLS:
+            return repr(list(self))
+        return f"<Futures of {len(self):,} calls of job {', '.join(self.job_ids)}>"
+
+    def cancel(self) -> int:
+        """Cancel every call here that no worker has taken yet; return how many."""
+        return sum(book.cancel(ids) for book, ids in self._parts)
+
+    def result(self, timeout: float | None = None) -> list[Any]:
+        """Every call's result, in order (a call that returns futures is resolved as `ResponseFuture.result`)."""
+        return get_all_results(self, timeout=timeout, progress=False)
+
+    def _open_count(self) -> int:
+        return sum(book.open_count(ids) for book, ids in self._parts)
+
+    def _wait_ended(self, timeout: float | None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        return all(book.wait_ended(ids, None if end is None else end - time.monotonic()) for book, ids in self._parts)
+
+    def _split(self) -> DoneAndNotDone:
+        """The calls that have ended and those that have not, in order."""
+        if all(book.open_from(ids) is None for book, ids in self._parts):
+            return DoneAndNotDone(self, Futures())
+        done, not_done = [], []
+        for book, ids in self._parts:
+            states = book.states
+            done.append((book, [i for i in ids if states[i] > _B_RUNNING]))
+            not_done.append((book, [i for i in ids if states[i] <= _B_RUNNING]))
+        return DoneAndNotDone(Futures(done), Futures(not_done))
+
+    def _failed(self) -> int:
+        return sum(book.count(ids, _B_FAILED) for book, ids in self._parts)
+
+    def _wait_all(self, timeout: float | None, progress: bool | None) -> DoneAndNotDone:
+        """`wait` for all of them, on their books: woken once per group of calls finished."""
+        if progress is None and self._parts:
+            progress = self._parts[0][0].progress
+        bar = _progress_bar(self, progress)
+        if bar is None:
+            self._wait_ended(timeout)
+            return self._split()
+        end = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                ended = self._wait_ended(0.1 if end is None else max(0.0, min(0.1, end - time.monotonic())))
+                bar.set_postfix(failed=self._failed(), refresh=False)
+                bar.update(len(self) - self._open_count() - bar.n)
+                if ended or (end is not None and time.monotonic() >= end):
+                    break
+        finally:
+            bar.close()
+        outcome = self._split()
+        print(f"burstmap: {len(outcome.done)} of {len(self)} calls done ({outcome.done._failed()} failed) in "
+              f"{bar.format_dict['elapsed']:.1f}s", file=sys.stderr)
+        return outcome
+
+    def _results(self, return_exceptions: bool) -> list[Any]:
+        """The results of calls that have all ended, read from their books; only unusual ones make their future."""
+        results: list[Any] = []
+        for book, ids in self._parts:
+            states, values = book.states, book.values
+            if (not book.unusual and isinstance(ids, range) and ids.step == 1
+                    and states.count(_B_OK, ids.start, ids.stop) == len(ids)):
+                results += values[ids.start:ids.stop]
+                continue
+            for i in ids:
+                if states[i] == _B_OK and not _resolves(values[i]):
+                    results.append(values[i])
                     continue
-                future._record = record
-                future._state = _FINISHED
-                waiters = future._waiters_
-                if error is None:
-                    future._result = value
-                    for waiter in waiters or ():
-                        waiter.add_result(future)
-                else:
-                    future._exception = error
-                    for waiter in waiters or ():
-                        waiter.add_exception(future)
-                done.append(future)
-            condition.notify_all()
-        for future in done:
-            if future._done_callbacks_:
-                try:
-                    future._invoke_callbacks()
-                except BaseException:  # a SystemExit from one future's callback skips none of the others'
-                    _log.exception("burstmap: a done callback of %r raised", future)
+                future = book.future(i)
+                results.append((future.exception() or future.result()) if return_exceptions else future.result())
+        return results
+
+    def _consume(self, index: int, timeout: float | None) -> Any:
+        """One call's result, its call cancelled if it does not come in time; then its book forgets it. For
+        iterators over futures that nobody else holds (`Executor.imap`), so that results are not kept."""
+        k = bisect.bisect_right(self._starts, index) - 1
+        book, ids = self._parts[k]
+        call_id = ids[index - self._starts[k]]
+        future = book.future(call_id)
+        try:
+            return future.result(timeout)
+        finally:
+            future.cancel()
+            book.forget(call_id)
 
 
 class Deferred:
@@ -330,8 +597,8 @@ def rebuild_error(record: Record, value: Any, loaded: bool) -> BaseException:
 class DoneAndNotDone(NamedTuple):
     """The futures that are done and those that are not, each in the order they were given."""
 
-    done: list
-    not_done: list
+    done: Sequence
+    not_done: Sequence
 
 
 def _in_order(futures: list[cf.Future]) -> DoneAndNotDone:
@@ -370,9 +637,12 @@ def wait(futures: Iterable[cf.Future], return_when: str = ALL_COMPLETED, timeout
          progress: bool | None = None) -> DoneAndNotDone:
     """Wait for calls: all of them, any one of them, or not at all (``ALWAYS``).
 
-    Returns ``(done, not_done)`` as `concurrent.futures.wait` does, but as lists in the order the
-    futures were given, as PyWren did (code indexes them); never raises a call's error.
+    Returns ``(done, not_done)`` as `concurrent.futures.wait` does, but as sequences in the order the
+    futures were given, as PyWren did (code indexes them); never raises a call's error. The futures of
+    one `map` are waited for on their job's book, without making a future per call.
     """
+    if isinstance(futures, Futures) and return_when != ANY_COMPLETED:
+        return futures._split() if return_when == ALWAYS else futures._wait_all(timeout, progress)
     futures = list(futures)
     if return_when == ALWAYS:
         return _in_order(futures)
@@ -409,10 +679,13 @@ def get_all_results(futures: Iterable[cf.Future], return_exceptions: bool = Fals
 
     The first failed call's error is raised, unless ``return_exceptions`` puts each error in its place.
     """
-    futures = list(futures)
+    if not isinstance(futures, Futures):
+        futures = list(futures)
     done, not_done = wait(futures, ALL_COMPLETED, timeout=timeout, progress=progress)
     if not_done:
         raise cf.TimeoutError(f"{len(not_done)} of {len(futures)} calls not finished after {timeout}s")
+    if isinstance(futures, Futures):
+        return futures._results(return_exceptions)
     if not return_exceptions:
         return [f.result() for f in futures]
     return [f.exception() or f.result() for f in futures]

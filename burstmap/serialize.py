@@ -221,13 +221,17 @@ BLOCK_CALLS = 1024
 _BLOCK_HEAD = struct.Struct("<QI")  # the block's first call, and how many calls it holds
 
 
-def dumps_calls(calls: Iterable[Any], key: bytes, job_id: str) -> tuple[bytes, list[tuple[int, int]]]:
+def dumps_calls(calls: Iterable[Any], key: bytes, job_id: str, numbered_from: int = 0,
+                max_bytes: int | None = None) -> tuple[bytes, list[tuple[int, int]]]:
     """Pickle every call's input into one data object of sealed blocks; return it and where each block starts.
 
     Each input is pickled on its own, so no two calls ever share an object, but they are sealed
     in blocks of about `BLOCK_BYTES` under one MAC: a MAC per call costs more than pickling a
     small input. The blocks are returned as ``(first call, first byte)`` pairs, then
     ``(number of calls, size)``; `InputBlock` reads one back.
+
+    With ``max_bytes``, it stops taking calls at the first block end past that size, and the rest are
+    left in ``calls`` (an iterator) for another job; errors number calls from ``numbered_from``.
     """
     buf = io.BytesIO()
     pickler = cloudpickle.Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL)
@@ -250,12 +254,15 @@ def dumps_calls(calls: Iterable[Any], key: bytes, job_id: str) -> tuple[bytes, l
                 _pickle.Pickler.dump(pickler, call)
             except Exception as e:
                 raise SerializationError(
-                    f"cannot pickle the input of call {i} ({reprlib.repr(call)}): {type(e).__name__}: {e}"
+                    f"cannot pickle the input of call {numbered_from + i} ({reprlib.repr(call)}): "
+                    f"{type(e).__name__}: {e}"
                 ) from e
             pickler.clear_memo()
             ends.append(buf.tell())
             if ends[-1] >= BLOCK_BYTES or len(ends) >= BLOCK_CALLS:
                 seal_block()
+                if max_bytes is not None and total >= max_bytes:
+                    break
         if ends:
             seal_block()
     blocks.append((first, total))

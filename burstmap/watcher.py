@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import re
 import threading
 import time
 from collections import Counter
@@ -21,13 +22,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .errors import BurstmapError, PayloadRejectedError, SerializationError, StorageError
-from .future import Deferred, ResponseFuture, rebuild_error, settle, take_all
+from .future import CallBook, Deferred, ResponseFuture, rebuild_error
 from .job import CHUNK, CallState, GroupView, Manifest, Record, RecordError, call_ids_of, decode_group, load_output
 from .lease import Leases
 from .stats import JobSummary
 from .storage.base import Storage
 
-__all__ = ["Watcher", "finish", "reportable"]
+__all__ = ["Watcher", "outcome", "reportable"]
 
 log = logging.getLogger(__name__)
 
@@ -39,65 +40,79 @@ _FRONTIER = 4  # status groups in a row with no record, past which a poll does n
 _SWEEP = 1.0  # seconds between polls that list every status group with calls pending
 _OUTAGES = (StorageError, OSError)  # what a store raises while it is unreachable: waited out
 
-#: The futures of some of a job's calls, by call id.
-Calls = dict[int, list[ResponseFuture]]
-
-
 class _Job:
-    """A watched job: the futures of its calls still waiting, one slot per call (a list in the slot when a call
-    was attached twice), and how many wait in each status group, so that a poll never walks them all. Its
-    outcomes are counted as found, for its summary."""
+    """A watched job: which of its calls still wait for their record, one byte each, and how many wait in each
+    status group, so that a poll never walks them all; the books of its futures (one per time the job was
+    attached here). Its outcomes are counted as found, for its summary."""
 
     def __init__(self, manifest: Manifest) -> None:
         self.layout = manifest.layout
-        self.slots: list[Any] = [None] * manifest.n_calls
+        self.books: list[CallBook] = []
+        self.waiting = bytearray(manifest.n_calls)
         self.left = 0
         self.chunks: Counter[int] = Counter()
         self.summary = JobSummary.of(manifest, ())
 
-    def add(self, futures: Iterable[ResponseFuture]) -> None:
-        slots, fresh = self.slots, []
-        for future in futures:
-            held = slots[future.call_id]
-            if held is None:
-                slots[future.call_id] = future
-                fresh.append(future.call_id)
-            elif type(held) is list:
-                held.append(future)
-            else:
-                slots[future.call_id] = [held, future]
-        self.left += len(fresh)
-        self.chunks.update(call_id // CHUNK for call_id in fresh)
+    def add(self, book: CallBook) -> None:
+        """Wait for the calls of a book that have not ended."""
+        self.books.append(book)
+        n = len(self.waiting)
+        if not self.left and book.open_count(range(n)) == n:
+            self.waiting[:] = b"\x01" * n
+            self.left = n
+            self.chunks = Counter({c: min(CHUNK, n - c * CHUNK) for c in range(-(-n // CHUNK))})
+            return
+        self.rewait(book.open_calls())
+
+    def rewait(self, call_ids: Iterable[int]) -> None:
+        """Wait again for calls (their records could not be read)."""
+        waiting = self.waiting
+        for i in call_ids:
+            if not waiting[i]:
+                waiting[i] = 1
+                self.left += 1
+                self.chunks[i // CHUNK] += 1
 
     def waits(self, call_id: int) -> bool:
-        return 0 <= call_id < len(self.slots) and self.slots[call_id] is not None
+        return 0 <= call_id < len(self.waiting) and self.waiting[call_id] == 1
 
-    def futures(self, call_id: int) -> list[ResponseFuture]:
-        held = self.slots[call_id] if 0 <= call_id < len(self.slots) else None
-        return [] if held is None else held if type(held) is list else [held]
+    def pop(self, call_id: int) -> bool:
+        """Stop waiting for a call; return whether it was waited for."""
+        if not self.waits(call_id):
+            return False
+        self.waiting[call_id] = 0
+        self.left -= 1
+        self.chunks[call_id // CHUNK] -= 1
+        if not self.chunks[call_id // CHUNK]:
+            del self.chunks[call_id // CHUNK]
+        return True
 
-    def waiting(self) -> Calls:
-        """Every call still waiting, with its futures."""
-        return {i: held if type(held) is list else [held] for i, held in enumerate(self.slots) if held is not None}
+    def waited(self) -> list[int]:
+        """Every call still waited for."""
+        return [m.start() for m in _WAITING.finditer(self.waiting)]
 
-    def pop(self, call_id: int) -> list[ResponseFuture]:
-        """The futures of a call, no longer waiting (none if it was not)."""
-        futures = self.futures(call_id)
-        if futures:
-            self.slots[call_id] = None
-            self.left -= 1
-            self.chunks[call_id // CHUNK] -= 1
-            if not self.chunks[call_id // CHUNK]:
-                del self.chunks[call_id // CHUNK]
-        return futures
+    def take(self, call_ids: Sequence[int]) -> list[int]:
+        """`CallBook.take` in every book: the calls some book still wants."""
+        if len(self.books) == 1:
+            return self.books[0].take(call_ids)
+        wanted = set().union(*(book.take(call_ids) for book in self.books))
+        return [i for i in call_ids if i in wanted]
+
+    def settle(self, outcomes: list[tuple[int, Any, Any, BaseException | None]]) -> None:
+        for book in self.books:
+            book.settle(outcomes)
 
     def prune(self) -> int:
-        """Stop waiting for calls whose futures were all cancelled: no record will come for them. Their
-        waiters (`concurrent.futures.wait`) hear of it now, as a standard executor's would when it drops
-        them. Return how many calls."""
-        cancelled = [i for i, futures in self.waiting().items() if all(f.done() for f in futures)]
-        take_all(f for call_id in cancelled for f in self.pop(call_id))
+        """Stop waiting for calls cancelled in every book: no record will come for them. Their waiters
+        (`concurrent.futures.wait`) hear of it now, as a standard executor's would when it drops them.
+        Return how many calls."""
+        cancelled = set.intersection(*(book.cancelled_calls() for book in self.books))
+        cancelled = [i for i in sorted(cancelled) if self.pop(i)]
+        self.take(cancelled)
         return len(cancelled)
+
+
+_WAITING = re.compile(rb"\x01")
 
 
 def outcome(storage: Storage, key: bytes, job_id: str, record: Record) -> tuple[Any, BaseException | None]:
@@ -118,12 +133,6 @@ def outcome(storage: Storage, key: bytes, job_id: str, record: Record) -> tuple[
     if record.state is CallState.OK and loaded:
         return value, None
     return None, rebuild_error(record, value, loaded)
-
-
-def finish(future: ResponseFuture, storage: Storage, key: bytes, record: Record) -> None:
-    """Finish a future from its stored status record."""
-    value, error = outcome(storage, key, future.job_id, record)
-    future._finish(record, value, error)
 
 
 def _group_outcome(storage: Storage, key: bytes, job_id: str, group: GroupView, i: int,
@@ -175,14 +184,14 @@ class Watcher:
         self._thread: threading.Thread | None = None
         self._leases = Leases(storage)
 
-    def watch(self, manifest: Manifest, futures: Iterable[ResponseFuture]) -> None:
-        """Start watching futures of one job (a call may have several futures: the job was attached again)."""
+    def watch(self, manifest: Manifest, book: CallBook) -> None:
+        """Start watching the calls of one job (a call may be in several books: the job was attached again)."""
         layout = manifest.layout
         with self._lock:
             if self._stopped:
                 raise RuntimeError("cannot watch calls after the executor was shut down")
             job = self._jobs.get(layout.job_id) or self._jobs.setdefault(layout.job_id, _Job(manifest))
-            job.add(futures)
+            job.add(book)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="burstmap-watcher", daemon=True)
                 self._thread.start()
@@ -192,22 +201,36 @@ class Watcher:
         """The `CallBoard` side: mark calls as handed to a worker; return those some future still wants."""
         with self._lock:
             job = self._jobs.get(job_id)
-            chosen = {i: job.futures(i) if job else [] for i in call_ids}
-        wanted = take_all(f for futures in chosen.values() for f in futures)
-        return [i for i, futures in chosen.items() if any(f in wanted for f in futures)]
+        return job.take(call_ids) if job else []
 
     def fail(self, job_id: str, call_ids: Sequence[int], error: BaseException) -> None:
         """The `CallBoard` side: finish calls with ``error`` because their outcome cannot reach the store."""
         with self._lock:
             job = self._jobs.get(job_id)
-            futures = [f for i in call_ids for f in job.pop(i)] if job else []
-        settle((future, None, None, error) for future in futures)
+            failed = [i for i in call_ids if job.pop(i)] if job else []
+        if failed:
+            job.settle([(i, None, None, error) for i in failed])
 
-    def pending(self) -> list[ResponseFuture]:
-        """The futures still waiting for their call's record (neither finished nor cancelled)."""
+    def _books(self) -> list[tuple[str, CallBook]]:
         with self._lock:
-            futures = [f for job in self._jobs.values() for fs in job.waiting().values() for f in fs]
-        return [f for f in futures if not f.done()]
+            return [(job_id, book) for job_id, job in self._jobs.items() for book in job.books]
+
+    def unfinished(self) -> Counter[str]:
+        """How many calls of each job watched are pending or running."""
+        counts: Counter[str] = Counter()
+        for job_id, book in self._books():
+            counts[job_id] += book.open_count(range(len(book)))
+        return +counts
+
+    def cancel_pending(self) -> None:
+        """Cancel every call watched that no worker has taken yet."""
+        for _, book in self._books():
+            book.cancel(range(len(book)))
+
+    def wait_ended(self) -> None:
+        """Wait until no call watched is pending or running."""
+        for _, book in self._books():
+            book.wait_ended(range(len(book)))
 
     def close(self, error: Callable[[str], BaseException]) -> None:
         """Stop watching: finish what the store already holds, then fail every other future with ``error(job_id)``."""
@@ -230,7 +253,7 @@ class Watcher:
         with self._lock:
             jobs, self._jobs = self._jobs, {}
         for job_id, job in jobs.items():
-            settle((f, None, None, error(job_id)) for futures in job.waiting().values() for f in futures)
+            job.settle([(i, None, None, error(job_id)) for i in job.waited()])
 
     def _loop(self) -> None:
         """Poll until stopped. Nothing ends it: an unexpected error is logged and fails the futures watched."""
@@ -269,25 +292,25 @@ class Watcher:
     def _finish_key(self, job: _Job, key: str) -> int:
         """Finish the waiting futures whose records a status key holds; return how many calls."""
         with self._lock:
-            taken = {i: job.pop(i) for i in call_ids_of(key) or () if job.waits(i)}
+            taken = [i for i in call_ids_of(key) or () if job.pop(i)]
         if not taken:
             return 0
         try:
             self._finish_calls(job, key, taken)
         except _OUTAGES:
             with self._lock:
-                job.add(f for futures in taken.values() for f in futures if not f.done())
+                job.rewait(taken)
             raise
         return len(taken)
 
-    def _finish_calls(self, job: _Job, key: str, taken: Calls) -> None:
-        """Finish the futures of the calls a status key holds; one that cannot be finished fails."""
+    def _finish_calls(self, job: _Job, key: str, taken: list[int]) -> None:
+        """Finish the calls a status key holds; one that cannot be finished fails."""
         job_id = job.layout.job_id
         data = self._storage.get(key)
         try:
             group = decode_group(data, self._key, job_id)
         except (RecordError, PayloadRejectedError) as e:
-            settle((f, None, None, type(e)(f"{key}: {e}")) for futures in taken.values() for f in futures)
+            job.settle([(i, None, None, type(e)(f"{key}: {e}")) for i in taken])
             return
         view = group.view
         index = {call_id: i for i, call_id in enumerate(view.call_ids)}
@@ -295,7 +318,7 @@ class Watcher:
             job.summary.count(view, [index[c] for c in taken if c in index])
         plain = [state is CallState.OK and not large for state, large in zip(view.states, view.column("output_key"))]
         outcomes = []
-        for call_id, futures in taken.items():
+        for call_id in taken:
             i = index.get(call_id)
             try:
                 if i is None:
@@ -305,8 +328,8 @@ class Watcher:
                 raise
             except BaseException as e:
                 value, error = None, e
-            outcomes += [(future, None if i is None else group, value, error) for future in futures]
-        settle(outcomes)
+            outcomes.append((call_id, None if i is None else group, value, error))
+        job.settle(outcomes)
 
     def _poll(self, prune: bool = True, sweep: bool = True) -> tuple[int, float]:
         """Finish what has appeared; return how many, and the seconds spent listing.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import gc
 import os
 import subprocess
 import sys
+import threading
 import time
 import tracemalloc
+import weakref
 
 import pytest
 
@@ -132,3 +135,119 @@ def test_imap_raises_the_first_failed_calls_error_in_its_place(local):
         for value in local.imap(fails_on_seven, range(50), window=4):
             seen.append(value)
     assert seen == list(range(7))
+
+
+def wait_for_file(x, path):
+    """Hold a worker until ``path`` exists (a barrier the test lifts)."""
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.005)
+    return x
+
+
+class Barrier:
+    """Both local workers held by a call each until `release`: calls mapped meanwhile stay pending."""
+
+    def __init__(self, executor, path) -> None:
+        self.path = str(path)
+        self.blockers = executor.map(wait_for_file, range(2), extra_args=(self.path,))
+        deadline = time.monotonic() + 60
+        while not all(f.running() for f in self.blockers):
+            assert time.monotonic() < deadline, "the holding calls never started"
+            time.sleep(0.005)
+
+    def release(self) -> None:
+        open(self.path, "w").close()
+        assert burstmap.get_all_results(self.blockers, timeout=120) == [0, 1]
+
+
+@pytest.fixture
+def held(local, tmp_path):
+    barrier = Barrier(local, tmp_path / "go")
+    try:
+        yield barrier
+    finally:
+        barrier.release()
+
+
+def test_a_pending_call_costs_the_client_a_few_tens_of_bytes(local, held):
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        futures = local.map(noop, range(20_000))
+        gc.collect()
+        cost = (tracemalloc.get_traced_memory()[0] - before) / len(futures)
+    finally:
+        tracemalloc.stop()
+    assert local._watcher.unfinished()[futures.job_ids[0]] == 20_000  # none has run yet
+    assert cost < 40, f"{cost:.0f} bytes per pending call"
+    assert futures.cancel() == 20_000
+
+
+def test_a_future_is_made_when_read_and_not_kept_once_dropped(local, held):
+    futures = local.map(noop, range(100))
+    future = futures[7]
+    assert futures[7] is future and futures[-93] is future and list(futures[6:8])[1] is future
+    seen = weakref.ref(future)
+    del future
+    gc.collect()
+    assert seen() is None
+
+    called = threading.Event()
+    futures[8].add_done_callback(lambda f: called.set())  # nobody holds this future: its callback keeps it
+    assert futures[9].cancel()
+    gc.collect()
+    assert futures[9].cancelled() and not futures[8].done()  # the call keeps its state, whatever its future
+    held.release()
+    assert called.wait(120)
+    assert [f.result(timeout=120) for f in futures[:9] + futures[10:]] == [i for i in range(100) if i != 9]
+    with pytest.raises(cf.CancelledError):
+        burstmap.get_all_results(futures, timeout=120)
+
+
+def first_call_marks(x, folder):
+    if x == 0:
+        open(os.path.join(folder, "started"), "w").close()
+    return x
+
+
+def test_map_over_a_generator_starts_calls_before_the_generator_ends(local, tmp_path):
+    def items():
+        for i in range(5000):
+            if i == 4000:  # well past the first part: it goes on only once call 0 has run
+                wait_for_file(None, tmp_path / "started")
+            yield i
+
+    futures = local.map(first_call_marks, items(), extra_args=(str(tmp_path),))
+    assert len(futures) == 5000 and len(futures.job_ids) > 1  # stored in parts, one job each
+    assert burstmap.get_all_results(futures, timeout=300) == list(range(5000))
+    assert [f.call_id for f in futures[1023:1026]] == [1023, 0, 1]  # the second part's calls are its own
+    assert burstmap.wait(futures[::-1], burstmap.ALWAYS).done[0] is futures[4999]
+
+
+def test_map_over_a_generator_that_fails_cancels_the_parts_it_started(local, held):
+    def items():
+        yield from range(3000)
+        raise KeyError("the input ran dry")
+
+    with pytest.raises(KeyError, match="ran dry"):
+        local.map(noop, items())
+    assert dict(local._watcher.unfinished()) == {held.blockers.job_ids[0]: 2}  # only the held calls are open
+
+
+class Big:
+    """A result that can be watched for being freed."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+def test_imap_keeps_no_result_it_has_yielded(local):
+    for value in local.imap(Big, range(50), window=20):
+        seen = weakref.ref(value)
+        del value
+        gc.collect()
+        assert seen() is None
