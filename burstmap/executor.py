@@ -41,6 +41,7 @@ __all__ = ["Executor", "default_executor"]
 _FIRST_PART = 1024  # calls in the first part of a streamed map: workers start on it at once
 _LAST_PART = 1 << 20  # the most calls in a part: a million-call map over a generator is a few jobs, not one
 _PART_BYTES = 64 << 20  # the most bytes of inputs a part holds in memory before it is stored
+_END = object()
 
 
 def _build(kind: str, value: Any, base: type) -> Any:
@@ -91,8 +92,11 @@ class Executor(cf.Executor):
 
     def _submit_job(self, func: Callable | bytes, calls: Iterable[tuple[tuple, dict]], timeout: float | None,
                     worker_retries: int | None, kind: str = "map", job_id: str | None = None,
-                    name: str | None = None, before: int = 0, max_bytes: int | None = None) -> Futures:
+                    name: str | None = None, before: int = 0, max_bytes: int | None = None,
+                    items: bool = False) -> Futures:
         """Store a job (its function, pickled already or not, and its calls) and have the backend run it.
+
+        ``calls`` are ``(args, kwargs)`` pairs, or with ``items`` each call's one argument.
 
         ``before`` and ``max_bytes`` are for a part of a streamed map (`_stream`): how many calls the
         parts before it hold, and the size of inputs after which this part takes no more.
@@ -100,7 +104,7 @@ class Executor(cf.Executor):
         job_id = job_id or new_job_id()
         pickled = func if isinstance(func, bytes) else dumps_function(func, self.backend.imports_client_modules)
         func_blob = seal(self._key, f"{job_id}/func", pickled)
-        data, blocks = dumps_calls(calls, self._key, job_id, before, max_bytes)
+        data, blocks = dumps_calls(calls, self._key, job_id, before, max_bytes, items)
         n_calls = blocks[-1][0]
         if not n_calls:
             return Futures()
@@ -203,15 +207,15 @@ class Executor(cf.Executor):
         func = _retrying(func, retries, retry_on)
         if extra:
             func = Trailing(func, extra)
-        calls = (((item,), {}) for item in iterdata)
         with excluding(exclude_modules):
             if isinstance(iterdata, Sized):
-                return self._submit_job(_with_env(func, extra_env), calls, timeout, worker_retries, name=name)
+                return self._submit_job(_with_env(func, extra_env), iterdata, timeout, worker_retries, name=name,
+                                        items=True)
             pickled = dumps_function(_with_env(func, extra_env), self.backend.imports_client_modules)
-        return self._stream(pickled, calls, timeout, worker_retries, name)
+        return self._stream(pickled, iter(iterdata), timeout, worker_retries, name)
 
-    def _stream(self, pickled: bytes, calls: Iterator[tuple[tuple, dict]], timeout: float | None,
-                worker_retries: int | None, name: str) -> Futures:
+    def _stream(self, pickled: bytes, items: Iterator[Any], timeout: float | None, worker_retries: int | None,
+                name: str) -> Futures:
         """`map` over an input of unknown length: read it in parts, each a job of its own that starts as soon
         as its part is stored, so calls run while the rest is read and no part is held whole for long.
 
@@ -222,9 +226,9 @@ class Executor(cf.Executor):
         parts: list[Futures] = []
         size, total = _FIRST_PART, 0
         try:
-            while (first := next(calls, None)) is not None:
-                part = self._submit_job(pickled, itertools.islice(itertools.chain([first], calls), size), timeout,
-                                        worker_retries, name=name, before=total, max_bytes=_PART_BYTES)
+            while (first := next(items, _END)) is not _END:
+                part = self._submit_job(pickled, itertools.islice(itertools.chain([first], items), size), timeout,
+                                        worker_retries, name=name, before=total, max_bytes=_PART_BYTES, items=True)
                 parts.append(part)
                 total += len(part)
                 size = min(2 * size, _LAST_PART)

@@ -178,8 +178,13 @@ class Manifest:
 
     def data_range(self, call_id: int) -> tuple[int, int]:
         """The byte range of the block that holds call ``call_id``'s input, inside the data object."""
+        return self.block_of(call_id)[2:]
+
+    def block_of(self, call_id: int) -> tuple[int, int, int, int]:
+        """The calls (first, past the last) and the byte range of the block that holds call ``call_id``'s input."""
         i = bisect.bisect_right(self._firsts, call_id) - 1
-        return self.blocks[i][1], self.blocks[i + 1][1]
+        (first, start), (stop, end) = self.blocks[i], self.blocks[i + 1]
+        return first, stop, start, end
 
     @functools.cached_property
     def _firsts(self) -> list[int]:
@@ -240,18 +245,20 @@ class Batch:
     @classmethod
     def of(cls, manifest: Manifest, call_ids: Iterable[int], attempts: Mapping[int, int] | None = None) -> Batch:
         """The batch of ``call_ids`` of a job (each at attempt 1 unless ``attempts`` says otherwise)."""
-        attempts = attempts or {}
-        tasks = tuple(Task(manifest.prefix, manifest.job_id, c, *manifest.data_range(c), attempts.get(c, 1))
-                      for c in call_ids)
-        return cls(manifest.prefix, manifest.job_id, tasks, manifest.timeout, manifest.worker_retries,
+        tasks, first, stop, start, end = [], 0, 0, 0, 0
+        for c in call_ids:
+            if not first <= c < stop:  # calls come in runs: a block is looked up once per run, not per call
+                first, stop, start, end = manifest.block_of(c)
+            tasks.append(Task(manifest.prefix, manifest.job_id, c, start, end, attempts.get(c, 1) if attempts else 1))
+        return cls(manifest.prefix, manifest.job_id, tuple(tasks), manifest.timeout, manifest.worker_retries,
                    versions=manifest.versions)
 
     def encode(self, key: bytes) -> bytes:
         """``<hex MAC>.<JSON>``: JSON, never a pickle, signed with the job's key."""
         body = json.dumps({
-            "v": 2, "prefix": self.prefix, "job": self.job_id, "timeout": self.timeout,
+            "v": 3, "prefix": self.prefix, "job": self.job_id, "timeout": self.timeout,
             "worker_retries": self.worker_retries, "delivery": self.delivery,
-            "calls": [[t.call_id, t.start, t.end, t.attempt] for t in self.tasks], "versions": self.versions,
+            "calls": _runs(self.tasks), "versions": self.versions,
         }, separators=(",", ":")).encode()
         return seal(key, "batch", body)[:MAC_SIZE].hex().encode() + b"." + body
 
@@ -263,7 +270,8 @@ class Batch:
             unseal(key, "batch", bytes.fromhex(mac.decode("ascii")) + body)
             fields = json.loads(body)
             prefix, job = str(fields["prefix"]), str(fields["job"])
-            tasks = tuple(Task(prefix, job, int(c), int(s), int(e), int(a)) for c, s, e, a in fields["calls"])
+            tasks = tuple(Task(prefix, job, c, int(s), int(e), int(a))
+                          for first, n, s, e, a in fields["calls"] for c in range(int(first), int(first) + int(n)))
             if not tasks:
                 raise ValueError("no calls")
             timeout = None if fields["timeout"] is None else float(fields["timeout"])
@@ -282,10 +290,26 @@ class Batch:
         try:
             fields = json.loads(blob.partition(b".")[2])
             prefix, job = str(fields["prefix"]), str(fields["job"])
-            tasks = tuple(Task(prefix, job, int(call[0]), 0, 0) for call in fields["calls"])
+            tasks = tuple(Task(prefix, job, c, 0, 0) for first, n, *_ in fields["calls"]
+                          for c in range(int(first), int(first) + int(n)))
             return Batch(prefix, job, tasks, None, 0, "") if tasks and _SAFE_ID.fullmatch(job) else None
         except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError, RecursionError):
             return None
+
+
+def _runs(tasks: Iterable[Task]) -> list[list[int]]:
+    """Tasks as runs ``[first call, calls, start, end, attempt]`` of consecutive calls in one block at one attempt:
+    a batch's encoding grows with its blocks, not its calls."""
+    runs: list[list[int]] = []
+    last = None
+    for t in tasks:
+        if (last is not None and t.call_id == last[0] + last[1] and t.start == last[2] and t.end == last[3]
+                and t.attempt == last[4]):
+            last[1] += 1
+        else:
+            last = [t.call_id, 1, t.start, t.end, t.attempt]
+            runs.append(last)
+    return runs
 
 
 @dataclass(slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from burstmap.errors import PayloadRejectedError
@@ -60,6 +62,16 @@ def test_batch_round_trip_and_forgeries():
     with pytest.raises(PayloadRejectedError):
         Batch.decode(KEY, batch.encode(KEY).replace(b'"pre"', b'"evil"'))
     assert Batch.peek(batch.encode(b"another key")).job_id == "job-1"
+
+
+def test_a_batch_encodes_runs_of_calls_not_each_call():
+    manifest = Manifest("job-1", "pre", "f", ((0, 0), (1000, 20), (1500, 30)), 1.0, "host")
+    batch = Batch.of(manifest, [*range(0, 1200), 1300], {7: 2})
+    body = json.loads(batch.encode(KEY).partition(b".")[2])
+    assert body["calls"] == [[0, 7, 0, 20, 1], [7, 1, 0, 20, 2], [8, 992, 0, 20, 1], [1000, 200, 20, 30, 1],
+                             [1300, 1, 20, 30, 1]]
+    assert Batch.decode(KEY, batch.encode(KEY)) == batch
+    assert [t.call_id for t in Batch.peek(batch.encode(KEY)).tasks] == [*range(0, 1200), 1300]
 
 
 def test_job_ids_carry_96_random_bits():

@@ -8,6 +8,7 @@ import importlib
 import io
 import pickle
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -87,8 +88,24 @@ def test_calls_are_sealed_in_blocks_and_unpickled_one_by_one():
         InputBlock(KEY, "other-job", start, data[start:end])
 
 
+def test_map_inputs_are_pickled_as_items_and_read_back_as_calls():
+    shared = ["one list"]
+    data, blocks = dumps_calls([shared, shared, None], KEY, "job", items=True)
+    block = InputBlock(KEY, "job", 0, data)
+    assert block.load(2) == ((None,), {}) and block.load(0) == ((shared,), {})
+    assert block.load(0)[0][0] is not block.load(1)[0][0]
+    assert len(data) < len(dumps_calls([((shared,), {})] * 2 + [((None,), {})], KEY, "job")[0])
+    with pytest.raises(SerializationError, match="input of call 12 "):
+        dumps_calls([1, 2, threading.Lock()], KEY, "job", numbered_from=10, items=True)
+
+
+def test_a_part_of_a_stream_takes_inputs_until_its_size_is_reached():
+    items = iter(range(5 * BLOCK_CALLS))
+    data, blocks = dumps_calls(items, KEY, "job", max_bytes=1, items=True)
+    assert blocks[-1][0] == BLOCK_CALLS and next(items) == BLOCK_CALLS  # one block, the rest left to read
+
+
 def test_unpicklable_things_are_named():
-    import threading
 
     lock = threading.Lock()
     with pytest.raises(SerializationError, match="<lambda>"):
