@@ -112,7 +112,7 @@ class EmulatedInvoker:
     def _outstanding(self, payload: bytes) -> int:
         """Invocations sent earlier that still miss a status, plus this one."""
         prefix, job_id, _ = _batch(payload)
-        sent = [{call[0] for call in _batch(p)[2]} for p in self.payloads]
+        sent = [{c for first, n, *_ in _batch(p)[2] for c in range(first, first + n)} for p in self.payloads]
         done = finished_calls(self.storage, Layout(prefix, job_id), set().union(*sent))
         return 1 + sum(1 for calls in sent if calls - done)
 
@@ -122,11 +122,12 @@ class EmulatedInvoker:
 
     def calls(self) -> list[list[int]]:
         """``[call_id, start, end, attempt]`` of every call sent, in the order sent."""
-        return [call for p in self.payloads for call in _batch(p)[2]]
+        return [[c, start, end, attempt] for p in self.payloads for first, n, start, end, attempt in _batch(p)[2]
+                for c in range(first, first + n)]
 
 
 def _batch(payload: bytes) -> tuple[str, str, list[list[int]]]:
-    """What the signed batch of an event holds, read without its key: prefix, job id and calls."""
+    """What the signed batch of an event holds, read without its key: prefix, job id and runs of calls."""
     body = json.loads(json.loads(payload)["batch"].partition(".")[2])
     return body["prefix"], body["job"], body["calls"]
 

@@ -387,7 +387,7 @@ def test_start_without_credentials_says_so(aws: str, monkeypatch: pytest.MonkeyP
 def test_oversized_batches_are_refused_before_any_job() -> None:
     with pytest.raises(ConfigError, match="256 KiB"):
         LambdaBackend(calls_per_invoke=5000)
-    batch = Batch("p", "j", tuple(Task("p", "j", 10**12 + i, 10**12, 10**12 + 1) for i in range(6000)))
+    batch = Batch("p", "j", tuple(Task("p", "j", 10**12 + 2 * i, 10**12, 10**12 + 1) for i in range(6000)))  # no runs
     with pytest.raises(LambdaError, match="over Lambda's 256 KiB limit"):
         make_event(S3Storage("b"), batch, b"k")
 
