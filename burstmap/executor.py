@@ -184,7 +184,8 @@ class Executor(cf.Executor):
         costs this process about 20 bytes a call until its results are read.
 
         Args:
-            iterdata: the inputs, any iterable (a generator too); or data to read (see docs/data.md):
+            iterdata: the inputs, any iterable; one without a length (a generator) is stored and
+                started in parts as it is read, a job each (`_stream`); or data to read (see docs/data.md):
                 a storage URL, a local directory or a list of URLs, one call per object or chunk, each
                 given a `DataPiece`.
             timeout: seconds after which a call is stopped and its future raises `CallTimeoutError`.
@@ -212,7 +213,7 @@ class Executor(cf.Executor):
                 return self._submit_job(_with_env(func, extra_env), iterdata, timeout, worker_retries, name=name,
                                         items=True)
             pickled = dumps_function(_with_env(func, extra_env), self.backend.imports_client_modules)
-        return self._stream(pickled, iter(iterdata), timeout, worker_retries, name)
+            return self._stream(pickled, iter(iterdata), timeout, worker_retries, name)
 
     def _stream(self, pickled: bytes, items: Iterator[Any], timeout: float | None, worker_retries: int | None,
                 name: str) -> Futures:
