@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import resource
 import socket
 import sys
@@ -144,6 +145,12 @@ class Handler:
         """Read, verify and unpickle a task's function and arguments."""
         func = self._function(task)
         args, kwargs = self._inputs(task).load(task.call_id)
+        if kwargs or len(args) != 1 or isinstance(args[0], _BOUND):  # the usual one item is checked at once
+            return self._bound(func, args, kwargs)
+        return func, args, kwargs
+
+    def _bound(self, func: Callable, args: tuple, kwargs: dict) -> tuple[Callable, tuple, dict]:
+        """A call's arguments with what travels in them bound to this worker (data pieces, scratch, results)."""
         if any(isinstance(a, _BOUND) for a in args) or any(isinstance(v, _BOUND) for v in kwargs.values()):
             return func, tuple(self._resolve(a) for a in args), {k: self._resolve(v) for k, v in kwargs.items()}
         return func, args, kwargs
@@ -160,6 +167,9 @@ class Handler:
 
     def _store_value(self, task: Task, value: Any, record: Record) -> None:
         """Seal a result or error into the record, or into its own object when large (streamed, never copied whole)."""
+        if _small(value):
+            record.output = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)  # the record's own MAC covers it
+            return
         with self._seal_value(task, value, record) as spool:
             if MAC_SIZE + spool.size <= INLINE_LIMIT:
                 record.output = spool.payload()  # the record's own MAC covers it
@@ -269,6 +279,14 @@ class Handler:
 
 #: What a worker binds to its store, or loads from it, before a call sees it.
 _BOUND = (DataPiece, Scratch, OutputRefs)
+_ATOMS = (type(None), bool, float)
+
+
+def _small(value: Any) -> bool:
+    """Whether a value is of a plain kind that pickles in far less than `INLINE_LIMIT` (no spool needed)."""
+    kind = type(value)
+    return (kind in _ATOMS or (kind is int and value.bit_length() <= 4096)
+            or ((kind is str or kind is bytes) and len(value) <= INLINE_LIMIT // 8))
 
 
 def _joins(group: list[tuple[Task, Record]], task: Task) -> bool:
