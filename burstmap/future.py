@@ -221,8 +221,14 @@ class CallBook:
 def _resolves(value: Any) -> bool:
     """Whether `ResponseFuture.result` does more with a call's value than return it: load it, or wait for the
     futures it holds."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return False
     return (isinstance(value, (Deferred, ResponseFuture, Futures))
-            or (type(value) is list and bool(value) and all(isinstance(v, ResponseFuture) for v in value)))
+            or (kind is list and bool(value) and all(isinstance(v, ResponseFuture) for v in value)))
+
+
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, tuple, dict})
 
 
 class _MadeOnUse:

@@ -87,6 +87,20 @@ class _Job:
             del self.chunks[call_id // CHUNK]
         return True
 
+    def pop_all(self, call_ids: range) -> list[int]:
+        """Stop waiting for the calls of one status key (a run in one status group); return those waited for."""
+        start, stop = max(0, call_ids.start), min(len(self.waiting), call_ids.stop)
+        n = stop - start
+        if (n <= 0 or n != len(call_ids) or self.waiting.count(1, start, stop) != n
+                or start // CHUNK != (stop - 1) // CHUNK):
+            return [i for i in call_ids if self.pop(i)]
+        self.waiting[start:stop] = bytes(n)
+        self.left -= n
+        self.chunks[start // CHUNK] -= n
+        if not self.chunks[start // CHUNK]:
+            del self.chunks[start // CHUNK]
+        return list(call_ids)
+
     def waited(self) -> list[int]:
         """Every call still waited for."""
         return [m.start() for m in _WAITING.finditer(self.waiting)]
@@ -292,7 +306,7 @@ class Watcher:
     def _finish_key(self, job: _Job, key: str) -> int:
         """Finish the waiting futures whose records a status key holds; return how many calls."""
         with self._lock:
-            taken = [i for i in call_ids_of(key) or () if job.pop(i)]
+            taken = job.pop_all(call_ids_of(key) or range(0))
         if not taken:
             return 0
         try:
