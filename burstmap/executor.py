@@ -237,7 +237,7 @@ class Executor(cf.Executor):
             for part in parts:
                 part.cancel()
             raise
-        return Futures(segment for part in parts for segment in part._parts)
+        return Futures.chain(parts)
 
     def starmap(self, func: Callable, iterdata: Iterable[Any], **options: Any) -> Futures:
         """Like `map`, but a tuple input is spread as positional arguments and a dict input as keywords."""

@@ -427,6 +427,11 @@ class Futures(Sequence[ResponseFuture]):
         """The futures of every call in a book."""
         return cls([(book, range(len(book)))])
 
+    @classmethod
+    def chain(cls, sequences: Iterable[Futures]) -> Futures:
+        """The futures of several sequences, one after the other."""
+        return cls(part for futures in sequences for part in futures._parts)
+
     @property
     def job_ids(self) -> list[str]:
         """The jobs these calls belong to, in order (one, unless the input was streamed in parts)."""

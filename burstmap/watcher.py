@@ -81,10 +81,7 @@ class _Job:
         if not self.waits(call_id):
             return False
         self.waiting[call_id] = 0
-        self.left -= 1
-        self.chunks[call_id // CHUNK] -= 1
-        if not self.chunks[call_id // CHUNK]:
-            del self.chunks[call_id // CHUNK]
+        self._done_in(call_id // CHUNK, 1)
         return True
 
     def pop_all(self, call_ids: range) -> list[int]:
@@ -95,11 +92,15 @@ class _Job:
                 or start // CHUNK != (stop - 1) // CHUNK):
             return [i for i in call_ids if self.pop(i)]
         self.waiting[start:stop] = bytes(n)
-        self.left -= n
-        self.chunks[start // CHUNK] -= n
-        if not self.chunks[start // CHUNK]:
-            del self.chunks[start // CHUNK]
+        self._done_in(start // CHUNK, n)
         return list(call_ids)
+
+    def _done_in(self, chunk: int, n: int) -> None:
+        """Count ``n`` calls of a status group as no longer waited for."""
+        self.left -= n
+        self.chunks[chunk] -= n
+        if not self.chunks[chunk]:
+            del self.chunks[chunk]
 
     def waited(self) -> list[int]:
         """Every call still waited for."""
