@@ -20,12 +20,12 @@ from .errors import (
     WorkerDiedError,
 )
 from .executor import Executor, default_executor
-from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, ResponseFuture, as_completed, get_all_results, wait
+from .future import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, Futures, ResponseFuture, as_completed, get_all_results, wait
 from .scratch import Scratch
 from .storage.base import Storage
 
 
-def attach(job_id: str, resume: bool = False) -> list[ResponseFuture]:
+def attach(job_id: str, resume: bool = False) -> Futures:
     """Rebuild the futures of an existing job from storage, using the configured store."""
     return default_executor().attach(job_id, resume)
 
@@ -37,7 +37,7 @@ def replay(job_id: str, call_id: int) -> Any:
 
 __all__ = [
     "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "Backend", "BurstmapError", "CallId", "CallTimeoutError", "Config",
-    "ConfigError", "Executor", "ExecutorShutdownError", "JobNotFoundError", "PayloadRejectedError", "RemoteError", "ResponseFuture", "Scratch", "SerializationError",
+    "ConfigError", "Executor", "ExecutorShutdownError", "Futures", "JobNotFoundError", "PayloadRejectedError", "RemoteError", "ResponseFuture", "Scratch", "SerializationError",
     "Storage", "StorageError", "WorkerDiedError", "as_completed", "attach", "current_call", "default_executor",
     "get_all_results", "load_config", "replay", "wait",
 ]

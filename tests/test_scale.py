@@ -222,7 +222,7 @@ def test_map_over_a_generator_starts_calls_before_the_generator_ends(local, tmp_
             yield i
 
     futures = local.map(first_call_marks, items(), extra_args=(str(tmp_path),))
-    assert len(futures) == 5000 and len(futures.job_ids) > 1  # stored in parts, one job each
+    assert isinstance(futures, burstmap.Futures) and len(futures) == 5000 and len(futures.job_ids) > 1  # stored in parts, one job each
     assert burstmap.get_all_results(futures, timeout=300) == list(range(5000))
     assert [f.call_id for f in futures[1023:1026]] == [1023, 0, 1]  # the second part's calls are its own
     assert burstmap.wait(futures[::-1], burstmap.ALWAYS).done[0] is futures[4999]
