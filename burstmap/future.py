@@ -447,19 +447,23 @@ class Futures(Sequence[ResponseFuture]):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError("futures index out of range")
+        book, call_id = self._locate(index)
+        return book.future(call_id)
+
+    def _locate(self, index: int) -> tuple[CallBook, int]:
+        """The book and call id of the future at ``index`` (from 0)."""
         k = bisect.bisect_right(self._starts, index) - 1
         book, ids = self._parts[k]
-        return book.future(ids[index - self._starts[k]])
+        return book, ids[index - self._starts[k]]
 
     def _slice(self, positions: range) -> Futures:
         if positions.step != 1:
             runs: list[tuple[CallBook, list[int]]] = []
             for p in positions:
-                k = bisect.bisect_right(self._starts, p) - 1
-                book, ids = self._parts[k]
+                book, call_id = self._locate(p)
                 if not runs or runs[-1][0] is not book:
                     runs.append((book, []))
-                runs[-1][1].append(ids[p - self._starts[k]])
+                runs[-1][1].append(call_id)
             return Futures(runs)
         return Futures((book, ids[max(0, positions.start - start):max(0, positions.stop - start)])
                        for (book, ids), start in zip(self._parts, self._starts))
@@ -548,8 +552,7 @@ class Futures(Sequence[ResponseFuture]):
         results: list[Any] = []
         for book, ids in self._parts:
             states, values = book.states, book.values
-            if (not book.unusual and isinstance(ids, range) and ids.step == 1
-                    and states.count(_B_OK, ids.start, ids.stop) == len(ids)):
+            if not book.unusual and isinstance(ids, range) and ids.step == 1 and book.count(ids, _B_OK) == len(ids):
                 results += values[ids.start:ids.stop]
                 continue
             for i in ids:
@@ -563,9 +566,7 @@ class Futures(Sequence[ResponseFuture]):
     def _consume(self, index: int, timeout: float | None) -> Any:
         """One call's result, its call cancelled if it does not come in time; then its book forgets it. For
         iterators over futures that nobody else holds (`Executor.imap`), so that results are not kept."""
-        k = bisect.bisect_right(self._starts, index) - 1
-        book, ids = self._parts[k]
-        call_id = ids[index - self._starts[k]]
+        book, call_id = self._locate(index)
         future = book.future(call_id)
         try:
             return future.result(timeout)
