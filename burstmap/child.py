@@ -269,6 +269,10 @@ class _ChildHandler(Handler):
         if self.note is not None:
             self.note(record)
 
+    @property
+    def annotates(self) -> bool:
+        return self.note is not None
+
 
 def main() -> None:
     """The child: set up a handler from the first message, then answer each task with its final state."""

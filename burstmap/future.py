@@ -61,6 +61,7 @@ _B_PENDING, _B_RUNNING, _B_CANCELLED, _B_OK, _B_FAILED, _B_NOTIFIED = range(6)
 _STATE_OF = (_PENDING, _RUNNING, _CANCELLED, _FINISHED, _FINISHED, cf._base.CANCELLED_AND_NOTIFIED)
 _OPEN = re.compile(rb"[\x00\x01]")
 _CANCELLED_BYTE = re.compile(rb"[\x02\x05]")
+_ENDED_BYTE = re.compile(rb"[\x02-\x05]")
 _REPR_CALLS = 20
 
 
@@ -170,6 +171,28 @@ class CallBook:
             self.condition.notify_all()
         for future in done:
             future._run_callbacks()
+
+    def settle_run(self, first: int, values: list[Any], record: Any) -> bool:
+        """Finish the calls from ``first`` on, one per value, all OK with plain values, in one step; or do
+        nothing and return False if some of them ended already or has a future somebody holds (`settle` then)."""
+        stop = first + len(values)
+        with self.condition:
+            if _ENDED_BYTE.search(self.states, first, stop) or self._any_live(first, stop):
+                return False
+            self.states[first:stop] = bytes((_B_OK,)) * len(values)
+            self.values[first:stop] = values
+            self.records[first:stop] = [record] * len(values)
+            self.condition.notify_all()
+        return True
+
+    def _any_live(self, first: int, stop: int) -> bool:
+        """Whether any call from ``first`` to ``stop`` has a future somebody holds (the condition is held)."""
+        live = self._live
+        if not live:
+            return False
+        if stop - first < len(live):
+            return any(i in live for i in range(first, stop))
+        return any(first <= i < stop for i in list(live.keys()))
 
     def open_from(self, call_ids: Sequence[int], at: int = 0) -> int | None:
         """The position in ``call_ids`` of the first call still pending or running, from ``at`` on; None if none."""

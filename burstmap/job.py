@@ -34,7 +34,7 @@ import re
 import reprlib
 import secrets
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -43,11 +43,11 @@ from .serialize import MAC_SIZE, load_stream, seal, unseal
 from .versions import RUNTIME
 
 __all__ = ["Batch", "CallState", "GroupView", "Manifest", "Record", "RecordGroup", "Layout", "OutputRefs", "RecordError",
-           "Task", "call_ids_of", "call_name", "decode_group", "decode_records", "encode_records", "finished_calls",
+           "Task", "call_ids_of", "call_name", "decode_group", "decode_records", "encode_group", "encode_records", "finished_calls",
            "load_manifest", "load_output", "new_job_id", "read_record"]
 
 RECORD_MAGIC = b"BMS3\n"
-GROUP_MAGIC = b"BMG4\n"
+GROUP_MAGIC = b"BMG5\n"
 _SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 #: Statuses are grouped by this many calls so that a poll lists only groups with calls pending; the
 #: folders of chunks are grouped by as many again, so that none holds more than this many entries.
@@ -412,25 +412,49 @@ def encode_records(records: list[Record], key: bytes, job_id: str) -> bytes:
     A field equal in every record is written once; times are kept to the microsecond, relative to
     the group's first start. So a quick call's record costs tens of bytes, not hundreds.
     """
-    return GROUP_MAGIC + seal(key, f"{job_id}/status", _group_body(records))
+    return GROUP_MAGIC + seal(key, f"{job_id}/status", _records_body(records))
 
 
-def _group_body(records: list[Record]) -> bytes:
-    t0 = min(r.start for r in records)
+def _records_body(records: list[Record]) -> bytes:
     table = {name: [getattr(r, name) for r in records] for name in _HEADER_FIELDS}
     table["state"] = [state.value for state in table["state"]]
-    table["start"], table["end"] = _micros(r.start - t0 for r in records), _micros(r.end - r.start for r in records)
+    return _group_body(table, [r.log for r in records], [r.output for r in records])
+
+
+def encode_group(table: dict[str, list], logs: list[bytes], outputs: list[bytes] | list[Any], key: bytes,
+                 job_id: str, values: bool = False) -> bytes:
+    """`encode_records` from the records' columns (``table``: every header field, times in seconds), their
+    captured output and their pickled results; or, with ``values``, their results themselves, all plain
+    (None, bool, int, float, str, bytes), stored as one pickle that a client loads in one step."""
+    return GROUP_MAGIC + seal(key, f"{job_id}/status", _group_body(table, logs, outputs, values))
+
+
+def _group_body(table: dict[str, list], logs: list[bytes], outputs: list, values: bool = False) -> bytes:
+    ids, starts, ends = table.pop("call_id"), table.pop("start"), table.pop("end")
+    n, t0 = len(ids), min(starts)
+    table["start"], table["end"] = _micros(s - t0 for s in starts), _micros(e - s for s, e in zip(starts, ends))
     table["setup"], table["compute"] = _micros(table["setup"]), _micros(table["compute"])
     common, columns = {}, {}
-    for name, values in table.items():
-        if values.count(values[0]) == len(values):
-            common[name] = values[0]
+    for name, column in table.items():
+        if column.count(column[0]) == n:
+            common[name] = column[0]
         else:
-            columns[name] = values
-    head = {"n": len(records), "t0": t0, "common": common, "columns": columns,
-            "log": [len(r.log) for r in records], "output": [len(r.output) for r in records]}
-    return b"".join((json.dumps(head, separators=(",", ":")).encode(), b"\n",
-                     *(r.log for r in records), *(r.output for r in records)))
+            columns[name] = column
+    head: dict[str, Any] = {"n": n, "t0": t0, "common": common, "columns": columns}
+    if ids == list(range(ids[0], ids[0] + n)):
+        head["first"] = ids[0]
+    else:
+        columns["call_id"] = ids
+    if any(logs):
+        head["log"] = [len(log) for log in logs]
+    else:
+        logs = []
+    if values:
+        outputs = [pickle.dumps(outputs, protocol=pickle.HIGHEST_PROTOCOL)]
+        head["values"] = len(outputs[0])
+    else:
+        head["output"] = [len(output) for output in outputs]
+    return b"".join((json.dumps(head, separators=(",", ":")).encode(), b"\n", *logs, *outputs))
 
 
 def _micros(seconds: Iterable[float]) -> list[int]:
@@ -469,28 +493,38 @@ def _view(group: RecordGroup) -> GroupView:
     try:
         head = json.loads(body[:line_end])
         n, t0, common, columns = int(head["n"]), float(head["t0"]), head["common"], head["columns"]
-        logs, at = _split(body, line_end + 1, head["log"], n)
-        outputs, end = _split(body, at, head["output"], n)
+        first = int(head.get("first", 0))
+        call_ids = range(first, first + n) if "first" in head else [int(i) for i in columns.pop("call_id")]
+        logs, at = _split(body, line_end + 1, head["log"], n) if "log" in head else (None, line_end + 1)
+        if "values" in head:
+            end = at + int(head["values"])
+            values, outputs = pickle.loads(body[at:end]), None
+            if type(values) is not list or len(values) != n:
+                raise ValueError("bad values")
+        else:
+            values, (outputs, end) = None, _split(body, at, head["output"], n)
         if line_end < 0 or end != len(body):
             raise ValueError("truncated group")
-        return GroupView(t0, common, columns, body, logs, outputs)
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+        return GroupView(t0, common, columns, body, call_ids, logs, outputs, values)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, EOFError, pickle.UnpicklingError) as e:
         raise RecordError(f"corrupt burstmap record group: {e}") from None
 
 
 class GroupView:
     """A group of records parsed, column by column: the state and result of each are at hand without
-    building its record."""
+    building its record. ``values`` holds the results themselves when the group stored them so (all
+    plain: see `encode_group`); ``None`` otherwise."""
 
     def __init__(self, t0: float, common: dict[str, Any], columns: dict[str, list], body: bytes,
-                 logs: list[tuple[int, int]], outputs: list[tuple[int, int]]) -> None:
-        n = len(logs)
-        if n < 1 or len(outputs) != n or any(len(c) != n for c in columns.values()):
+                 call_ids: Sequence[int], logs: list[tuple[int, int]] | None, outputs: list[tuple[int, int]] | None,
+                 values: list[Any] | None) -> None:
+        n = len(call_ids)
+        if n < 1 or any(len(c) != n for c in columns.values()):
             raise ValueError("truncated group")
-        self.call_ids: list[int] = ([int(i) for i in columns["call_id"]] if "call_id" in columns
-                                    else [int(common["call_id"])] * n)
+        self.call_ids = call_ids
         self.states: list[CallState] = ([CallState(v) for v in columns["state"]] if "state" in columns
                                         else [CallState(common["state"])] * n)
+        self.values = values
         self._t0, self._common, self._columns = t0, common, columns
         self._body, self._logs, self._outputs = body, logs, outputs
         for name in ("host", "worker"):
@@ -509,23 +543,26 @@ class GroupView:
 
     def output(self, i: int) -> bytes:
         """The i-th call's inline result or error, as pickled (covered by the group's MAC)."""
+        if self.values is not None:
+            return pickle.dumps(self.values[i], protocol=pickle.HIGHEST_PROTOCOL)
         return self._body[slice(*self._outputs[i])]
 
     def record(self, i: int) -> Record:
         """The i-th record, built now."""
         row = {**self._common, **{name: values[i] for name, values in self._columns.items()}}
-        row["state"] = self.states[i]
+        row["call_id"], row["state"] = self.call_ids[i], self.states[i]
         row["start"] = self._t0 + row["start"] / 1e6
         row["end"] = row["start"] + row["end"] / 1e6
         row["setup"], row["compute"] = row["setup"] / 1e6, row["compute"] / 1e6
         row["host"], row["worker"] = sys.intern(row["host"]), sys.intern(row["worker"])
-        return Record(**row, log=self._body[slice(*self._logs[i])], output=self.output(i))
+        log = self._body[slice(*self._logs[i])] if self._logs else b""
+        return Record(**row, log=log, output=self.output(i))
 
 
 def decode_group(data: bytes, key: bytes, job_id: str) -> RecordGroup:
     """The verified records in a status object, one or a group; raise as `Record.decode` does."""
     if not data.startswith(GROUP_MAGIC):
-        return RecordGroup(_group_body([Record.decode(data, key, job_id)]))
+        return RecordGroup(_records_body([Record.decode(data, key, job_id)]))
     try:
         body = unseal(key, f"{job_id}/status", data[len(GROUP_MAGIC):])
     except PayloadRejectedError:

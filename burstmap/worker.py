@@ -20,7 +20,8 @@ from typing import Any
 
 from .call import running
 from .errors import KeyNotFoundError, PayloadRejectedError, StorageError
-from .job import CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_records, load_output, read_record
+from .job import (CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_group, encode_records, load_output,
+                  read_record)
 from .piece import DataPiece
 from .scratch import Scratch
 from .serialize import MAC_SIZE, InputBlock, Spool, loads, spool_value
@@ -68,26 +69,27 @@ class Handler:
         self._window: tuple[str, int, bytes] | None = None
         self._block: tuple[tuple[str, int], InputBlock] | None = None
         self._rss, self._rss_read = 0, -_RSS_FRESH
+        self._log = io.StringIO()  # what calls print; emptied whenever one did
 
     def run(self, tasks: Sequence[Task], on_start: Callable[[int], None] | None = None,
             on_durable: Callable[[int], None] | None = None) -> None:
         """Run tasks in order; ``on_start(i)`` before the i-th starts, ``on_durable(n)`` once the first n are stored."""
         self._prefetch(tasks)
-        group: list[tuple[Task, Record]] = []
+        group = _Group()
         try:
             for i, task in enumerate(tasks):
                 if on_start:
                     on_start(i)
-                record = self.execute(task)
-                if group and not _joins(group, task):
+                outcome = self.execute(task)
+                if group.tasks and not group.joins(task):
                     self._write(group)
-                    group = []
+                    group = _Group()
                     if on_durable:
                         on_durable(i)
-                group.append((task, record))
-                if i == len(tasks) - 1 or time.time() - group[0][1].end >= self.group_window:
+                group.add(task, outcome, self)
+                if i == len(tasks) - 1 or time.time() - group.first_end >= self.group_window:
                     self._write(group)
-                    group = []
+                    group = _Group()
                     if on_durable:
                         on_durable(i + 1)
         finally:
@@ -96,50 +98,79 @@ class Handler:
     def run_task(self, task: Task) -> Record:
         """Run one task and write its status record; user errors become records, not exceptions."""
         try:
-            record = self.execute(task)
+            outcome = self.execute(task)
         finally:
             self._block = None  # a large input is not kept past its call
-        self._write([(task, record)])
+        record = outcome if type(outcome) is Record else self.quick_record(task, outcome)
+        group = _Group()
+        group.add(task, record, self)
+        self._write(group)
         return record
 
-    def execute(self, task: Task) -> Record:
-        """Run one task and return its finished record, not yet written.
+    def execute(self, task: Task) -> Record | _Quick:
+        """Run one task and return its finished record, not yet written; or, for a quick call (it ended OK
+        with a small plain result and printed nothing), only its times and result, with no record built.
 
         While its input is unpickled and it runs, the call knows itself (`burstmap.current_call`).
         """
         with running(task.job_id, task.call_id, self.storage, self._key):
             return self._execute(task)
 
-    def _execute(self, task: Task) -> Record:
-        record = Record(task.call_id, CallState.OK, task.attempt, time.time(), host=_HOST, worker=self.worker,
-                        pid=os.getpid())
+    @property
+    def annotates(self) -> bool:
+        """Whether `annotate` adds to records (a quick call gets no record otherwise)."""
+        return type(self).annotate is not Handler.annotate
+
+    def _execute(self, task: Task) -> Record | _Quick:
+        start = time.time()
         try:
             func, args, kwargs = self.load(task)
         except PayloadRejectedError as e:
-            record.state, record.error = CallState.REJECTED, _error_fields(e)
+            record = self._record(task, start, CallState.REJECTED, e)
             return self._complete(task, record)
         except Exception as e:
             if isinstance(e, StorageError) and not isinstance(e, KeyNotFoundError):
                 raise  # an unreachable store is never a call's result: the delivery ends instead
-            record.state, record.error = CallState.ERROR, _error_fields(e)
+            record = self._record(task, start, CallState.ERROR, e)
             self._store_value(task, e, record)
             return self._complete(task, record)
-        log = io.StringIO()
+        log = self._log
+        mark = log.tell()
         began = time.time()
-        record.setup = began - record.start
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = log
         try:
-            value = func(*args, **kwargs)
+            value, error = func(*args, **kwargs), None
         except BaseException as e:
-            record.state, record.error = CallState.ERROR, _error_fields(e)
-            value = e
+            value = error = e
         finally:
             sys.stdout, sys.stderr = saved
-        record.compute = time.time() - began
-        record.log = log.getvalue().encode("utf-8", "replace")
+        end = time.time()
+        printed = log.tell() != mark
+        if error is None and not printed and _small(value) and not self.annotates:
+            return start, began, end, value
+        record = self._record(task, start, CallState.OK if error is None else CallState.ERROR, error)
+        record.setup, record.compute = began - start, end - began
+        if printed:
+            log.seek(mark)
+            record.log = log.read().encode("utf-8", "replace")
+            log.seek(0)
+            log.truncate()
         self._store_value(task, value, record)
         return self._complete(task, record)
+
+    def _record(self, task: Task, start: float, state: CallState, error: BaseException | None = None) -> Record:
+        """A record of a task begun at ``start``, ended in ``state`` (with ``error``, if any)."""
+        return Record(task.call_id, state, task.attempt, start, host=_HOST, worker=self.worker, pid=os.getpid(),
+                      error=None if error is None else _error_fields(error))
+
+    def quick_record(self, task: Task, quick: _Quick) -> Record:
+        """The record of a quick call, built from what `execute` returned for it."""
+        start, began, end, value = quick
+        record = self._record(task, start, CallState.OK)
+        record.end, record.setup, record.compute = end, began - start, end - began
+        record.output = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        return record
 
     def load(self, task: Task) -> tuple[Callable, tuple, dict]:
         """Read, verify and unpickle a task's function and arguments."""
@@ -157,10 +188,12 @@ class Handler:
 
     def write_failure(self, task: Task, state: CallState, error: BaseException, start: float) -> None:
         """Record that a task ended outside the handler (its worker died or was stopped)."""
-        record = Record(task.call_id, state, task.attempt, start, time.time(), host=_HOST, worker=self.worker,
-                        error=_error_fields(error))
+        record = self._record(task, start, state, error)
+        record.end = time.time()
         self._store_value(task, error, record)
-        self._write([(task, self._complete(task, record))])
+        group = _Group()
+        group.add(task, self._complete(task, record), self)
+        self._write(group)
 
     def annotate(self, task: Task, record: Record) -> None:
         """Add what a backend knows about a finished call to its record (``record.info``); nothing by default."""
@@ -195,17 +228,31 @@ class Handler:
         self.annotate(task, record)
         return record
 
-    def _write(self, group: list[tuple[Task, Record]]) -> None:
-        """Store records, stamped with the process's peak RSS so far."""
-        peak_rss = self._peak_rss(max(r.duration for _, r in group) >= _RSS_FRESH)
-        for _, record in group:
-            record.peak_rss = record.peak_rss or peak_rss
-        first, last = group[0][0], group[-1][0]
+    def _write(self, group: _Group) -> None:
+        """Store a group's records, stamped with the process's peak RSS so far."""
+        peak_rss = self._peak_rss(group.longest() >= _RSS_FRESH)
+        first, last = group.tasks[0], group.tasks[-1]
         layout = Layout(first.prefix, first.job_id)
-        if len(group) == 1:
-            self.storage.put(layout.status(first.call_id), group[0][1].encode(self._key, first.job_id))
+        if group.records is None and len(group.tasks) > 1:
+            table = {name: [value] * len(group.tasks)
+                     for name, value in self._record(first, 0.0, CallState.OK).header().items()}
+            table["peak_rss"] = [peak_rss] * len(group.tasks)
+            table["call_id"] = [task.call_id for task in group.tasks]
+            table["attempt"] = [task.attempt for task in group.tasks]
+            starts, began, ends, values = zip(*group.quick)
+            table["start"], table["end"] = list(starts), list(ends)
+            table["setup"] = [b - s for s, b in zip(starts, began)]
+            table["compute"] = [e - b for b, e in zip(began, ends)]
+            blob = encode_group(table, [], list(values), self._key, first.job_id, values=True)
+            self.storage.put(layout.status_group(first.call_id, last.call_id), blob)
+            return
+        records = group.as_records(self)
+        for record in records:
+            record.peak_rss = record.peak_rss or peak_rss
+        if len(records) == 1:
+            self.storage.put(layout.status(first.call_id), records[0].encode(self._key, first.job_id))
         else:
-            blob = encode_records([r for _, r in group], self._key, first.job_id)
+            blob = encode_records(records, self._key, first.job_id)
             self.storage.put(layout.status_group(first.call_id, last.call_id), blob)
 
     def _peak_rss(self, fresh: bool) -> int:
@@ -289,11 +336,49 @@ def _small(value: Any) -> bool:
             or ((kind is str or kind is bytes) and len(value) <= INLINE_LIMIT // 8))
 
 
-def _joins(group: list[tuple[Task, Record]], task: Task) -> bool:
-    """Whether a task's record may be stored in the same object as the group's: the next call of its job."""
-    first, last = group[0][0], group[-1][0]
-    return (task.job_id == last.job_id and task.prefix == last.prefix and task.call_id == last.call_id + 1
-            and task.call_id // CHUNK == first.call_id // CHUNK and len(group) < _MAX_GROUP)
+#: What `Handler.execute` returns for a quick call: when it started, began to run and ended, and its result.
+_Quick = tuple[float, float, float, Any]
+
+
+class _Group:
+    """The finished calls to be stored in one object: quick ones as `_Quick` tuples, until a call that is not
+    quick joins; from then on, every call as a `Record`."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Task] = []
+        self.quick: list[_Quick] = []
+        self.records: list[Record] | None = None
+
+    def add(self, task: Task, outcome: Record | _Quick, handler: Handler) -> None:
+        if self.records is None and type(outcome) is tuple:
+            self.quick.append(outcome)
+        else:
+            self.records = self.as_records(handler)
+            self.records.append(outcome if type(outcome) is Record else handler.quick_record(task, outcome))
+            self.quick = []
+        self.tasks.append(task)
+
+    def as_records(self, handler: Handler) -> list[Record]:
+        """Every call's record, built now for quick calls."""
+        if self.records is not None:
+            return self.records
+        return [handler.quick_record(task, quick) for task, quick in zip(self.tasks, self.quick)]
+
+    @property
+    def first_end(self) -> float:
+        return self.quick[0][2] if self.records is None else self.records[0].end
+
+    def longest(self) -> float:
+        """The longest a call of the group took."""
+        if self.records is None:
+            return max(end - start for start, _, end, _ in self.quick)
+        return max(record.duration for record in self.records)
+
+    def joins(self, task: Task) -> bool:
+        """Whether a task's record may be stored in the same object as the group's: the next call of its job."""
+        first, last = self.tasks[0], self.tasks[-1]
+        return (task.job_id == last.job_id and task.prefix == last.prefix and task.call_id == last.call_id + 1
+                and task.call_id // CHUNK == first.call_id // CHUNK and len(self.tasks) < _MAX_GROUP)
 
 
 def _error_fields(error: BaseException) -> dict[str, str]:
