@@ -25,13 +25,15 @@ class CallId(NamedTuple):
     call_id: int
 
 
-_current: contextvars.ContextVar[CallId | None] = contextvars.ContextVar("burstmap_call", default=None)
-_place: contextvars.ContextVar[tuple[Storage, bytes] | None] = contextvars.ContextVar("burstmap_place", default=None)
+# The running call: (job_id, call_id, storage, key), one variable set once per call.
+_running: contextvars.ContextVar[tuple[str, int, Storage, bytes] | None] = contextvars.ContextVar(
+    "burstmap_call", default=None)
 
 
 def current_call() -> CallId | None:
     """The job and call id of the call running in this thread, or None outside a call."""
-    return _current.get()
+    now = _running.get()
+    return None if now is None else CallId(now[0], now[1])
 
 
 def current_place() -> tuple[Storage, bytes] | None:
@@ -40,27 +42,27 @@ def current_place() -> tuple[Storage, bytes] | None:
     What travels into a call (a future, a shared array) is found and verified with these, so neither
     a store, its credentials nor the key ever travel in a call's input.
     """
-    return _place.get()
+    now = _running.get()
+    return None if now is None else (now[2], now[3])
 
 
 class running:
     """Mark a call as running in this thread (the worker handler does this around each call).
 
-    A class rather than a generator: it wraps every call, and a million calls notice the difference.
+    A class rather than a generator, setting one variable: it wraps every call, and a million calls
+    notice the difference.
     """
 
-    __slots__ = ("_call", "_place", "_tokens")
+    __slots__ = ("_now", "_token")
 
     def __init__(self, job_id: str, call_id: int, storage: Storage, key: bytes) -> None:
-        self._call = CallId(job_id, call_id)
-        self._place = (storage, key)
+        self._now = (job_id, call_id, storage, key)
 
     def __enter__(self) -> None:
-        self._tokens = _current.set(self._call), _place.set(self._place)
+        self._token = _running.set(self._now)
 
     def __exit__(self, *exc: object) -> None:
-        _current.reset(self._tokens[0])
-        _place.reset(self._tokens[1])
+        _running.reset(self._token)
 
 
 class WithEnv:

@@ -25,9 +25,11 @@ commit), so that ten thousand tiny calls are not ten thousand writes.
 
 from __future__ import annotations
 
+import array
 import bisect
 import enum
 import functools
+import itertools
 import json
 import pickle
 import re
@@ -43,8 +45,8 @@ from .serialize import MAC_SIZE, load_stream, seal, unseal
 from .versions import RUNTIME
 
 __all__ = ["Batch", "CallState", "GroupView", "Manifest", "Record", "RecordGroup", "Layout", "OutputRefs", "RecordError",
-           "Task", "call_ids_of", "call_name", "decode_group", "decode_records", "encode_group", "encode_records", "finished_calls",
-           "load_manifest", "load_output", "new_job_id", "read_record"]
+           "Task", "call_ids_of", "call_name", "decode_group", "decode_records", "encode_group", "encode_records",
+           "finished_calls", "load_manifest", "load_output", "new_job_id", "read_record"]
 
 RECORD_MAGIC = b"BMS3\n"
 GROUP_MAGIC = b"BMG5\n"
@@ -389,6 +391,7 @@ class Record:
 
 
 _HEADER_FIELDS = tuple(f.name for f in fields(Record) if f.name not in ("log", "output"))
+_TABLE_FIELDS = tuple(f for f in _HEADER_FIELDS if f not in ("start", "end", "setup", "compute"))
 
 
 def _unverified(body: bytes, job_id: str) -> RecordError | PayloadRejectedError:
@@ -409,38 +412,42 @@ def _unverified(body: bytes, job_id: str) -> RecordError | PayloadRejectedError:
 def encode_records(records: list[Record], key: bytes, job_id: str) -> bytes:
     """One object holding several records, column by column, under one MAC.
 
-    A field equal in every record is written once; times are kept to the microsecond, relative to
-    the group's first start. So a quick call's record costs tens of bytes, not hundreds.
+    A field equal in every record is written once, and times are a block of 64-bit nanoseconds
+    (`encode_group`). So a quick call's record costs tens of bytes, not hundreds.
     """
     return GROUP_MAGIC + seal(key, f"{job_id}/status", _records_body(records))
 
 
 def _records_body(records: list[Record]) -> bytes:
-    table = {name: [getattr(r, name) for r in records] for name in _HEADER_FIELDS}
+    table = {name: [getattr(r, name) for r in records] for name in _TABLE_FIELDS}
     table["state"] = [state.value for state in table["state"]]
-    return _group_body(table, [r.log for r in records], [r.output for r in records])
+    starts = [int(r.start * 1e9) for r in records]
+    began = [start + int(r.setup * 1e9) for start, r in zip(starts, records)]
+    returned = [at + int(r.compute * 1e9) for at, r in zip(began, records)]
+    times = (starts, began, returned, [int(r.end * 1e9) for r in records])
+    return _group_body(table, times, [r.log for r in records], [r.output for r in records])
 
 
-def encode_group(table: dict[str, list], logs: list[bytes], outputs: list[bytes] | list[Any], key: bytes,
-                 job_id: str, values: bool = False) -> bytes:
-    """`encode_records` from the records' columns (``table``: every header field, times in seconds), their
-    captured output and their pickled results; or, with ``values``, their results themselves, all plain
-    (None, bool, int, float, str, bytes), stored as one pickle that a client loads in one step."""
-    return GROUP_MAGIC + seal(key, f"{job_id}/status", _group_body(table, logs, outputs, values))
+def encode_group(table: dict[str, list], times: tuple[Sequence[int], ...], logs: list[bytes], outputs: list[Any],
+                 key: bytes, job_id: str, values: bool = False) -> bytes:
+    """`encode_records` from the records' columns: ``table`` holds every header field but the times, ``times``
+    when each call started, began to run, returned and ended (nanoseconds since the epoch), ``logs`` their
+    captured output and ``outputs`` their pickled results; or, with ``values``, their results themselves,
+    all plain (None, bool, int, float, str, bytes), stored as one pickle that a client loads in one step."""
+    return GROUP_MAGIC + seal(key, f"{job_id}/status", _group_body(table, times, logs, outputs, values))
 
 
-def _group_body(table: dict[str, list], logs: list[bytes], outputs: list, values: bool = False) -> bytes:
-    ids, starts, ends = table.pop("call_id"), table.pop("start"), table.pop("end")
-    n, t0 = len(ids), min(starts)
-    table["start"], table["end"] = _micros(s - t0 for s in starts), _micros(e - s for s, e in zip(starts, ends))
-    table["setup"], table["compute"] = _micros(table["setup"]), _micros(table["compute"])
+def _group_body(table: dict[str, list], times: tuple[Sequence[int], ...], logs: list[bytes], outputs: list,
+                values: bool = False) -> bytes:
+    ids = table.pop("call_id")
+    n = len(ids)
     common, columns = {}, {}
     for name, column in table.items():
         if column.count(column[0]) == n:
             common[name] = column[0]
         else:
             columns[name] = column
-    head: dict[str, Any] = {"n": n, "t0": t0, "common": common, "columns": columns}
+    head: dict[str, Any] = {"n": n, "common": common, "columns": columns}
     if ids == list(range(ids[0], ids[0] + n)):
         head["first"] = ids[0]
     else:
@@ -454,12 +461,10 @@ def _group_body(table: dict[str, list], logs: list[bytes], outputs: list, values
         head["values"] = len(outputs[0])
     else:
         head["output"] = [len(output) for output in outputs]
-    return b"".join((json.dumps(head, separators=(",", ":")).encode(), b"\n", *logs, *outputs))
-
-
-def _micros(seconds: Iterable[float]) -> list[int]:
-    """Times as whole microseconds: JSON writes an int several times faster than a float, in half the bytes."""
-    return [int(s * 1e6 + 0.5) for s in seconds]
+    block = array.array("q", itertools.chain.from_iterable(times))
+    if sys.byteorder != "little":
+        block.byteswap()
+    return b"".join((json.dumps(head, separators=(",", ":")).encode(), b"\n", block.tobytes(), *logs, *outputs))
 
 
 class RecordGroup:
@@ -492,10 +497,14 @@ def _view(group: RecordGroup) -> GroupView:
     line_end = body.find(b"\n")
     try:
         head = json.loads(body[:line_end])
-        n, t0, common, columns = int(head["n"]), float(head["t0"]), head["common"], head["columns"]
+        n, common, columns = int(head["n"]), head["common"], head["columns"]
         first = int(head.get("first", 0))
         call_ids = range(first, first + n) if "first" in head else [int(i) for i in columns.pop("call_id")]
-        logs, at = _split(body, line_end + 1, head["log"], n) if "log" in head else (None, line_end + 1)
+        times, at = array.array("q"), line_end + 1 + 4 * _NS_SIZE * n
+        times.frombytes(body[line_end + 1:at])
+        if sys.byteorder != "little":
+            times.byteswap()
+        logs, at = _split(body, at, head["log"], n) if "log" in head else (None, at)
         if "values" in head:
             end = at + int(head["values"])
             values, outputs = pickle.loads(body[at:end]), None
@@ -505,9 +514,12 @@ def _view(group: RecordGroup) -> GroupView:
             values, (outputs, end) = None, _split(body, at, head["output"], n)
         if line_end < 0 or end != len(body):
             raise ValueError("truncated group")
-        return GroupView(t0, common, columns, body, call_ids, logs, outputs, values)
+        return GroupView(common, columns, body, call_ids, times, logs, outputs, values)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError, EOFError, pickle.UnpicklingError) as e:
         raise RecordError(f"corrupt burstmap record group: {e}") from None
+
+
+_NS_SIZE = array.array("q").itemsize
 
 
 class GroupView:
@@ -515,17 +527,17 @@ class GroupView:
     building its record. ``values`` holds the results themselves when the group stored them so (all
     plain: see `encode_group`); ``None`` otherwise."""
 
-    def __init__(self, t0: float, common: dict[str, Any], columns: dict[str, list], body: bytes,
-                 call_ids: Sequence[int], logs: list[tuple[int, int]] | None, outputs: list[tuple[int, int]] | None,
+    def __init__(self, common: dict[str, Any], columns: dict[str, list], body: bytes, call_ids: Sequence[int],
+                 times: array.array, logs: list[tuple[int, int]] | None, outputs: list[tuple[int, int]] | None,
                  values: list[Any] | None) -> None:
         n = len(call_ids)
-        if n < 1 or any(len(c) != n for c in columns.values()):
+        if n < 1 or len(times) != 4 * n or any(len(c) != n for c in columns.values()):
             raise ValueError("truncated group")
         self.call_ids = call_ids
         self.states: list[CallState] = ([CallState(v) for v in columns["state"]] if "state" in columns
                                         else [CallState(common["state"])] * n)
         self.values = values
-        self._t0, self._common, self._columns = t0, common, columns
+        self._common, self._columns, self._times = common, columns, times
         self._body, self._logs, self._outputs = body, logs, outputs
         for name in ("host", "worker"):
             if name in common:
@@ -537,9 +549,11 @@ class GroupView:
         column = self._columns.get(name)
         return [self._common[name]] * len(self.call_ids) if column is None else column
 
-    def ends(self) -> list[float]:
-        """When each call ended."""
-        return [self._t0 + (start + took) / 1e6 for start, took in zip(self.column("start"), self.column("end"))]
+    def last_end(self, indices: Sequence[int]) -> float:
+        """When the last of the calls at ``indices`` ended."""
+        n = len(self.call_ids)
+        ends = self._times[3 * n:]
+        return (max(ends) if len(indices) == n else max(ends[i] for i in indices)) / 1e9
 
     def output(self, i: int) -> bytes:
         """The i-th call's inline result or error, as pickled (covered by the group's MAC)."""
@@ -551,9 +565,9 @@ class GroupView:
         """The i-th record, built now."""
         row = {**self._common, **{name: values[i] for name, values in self._columns.items()}}
         row["call_id"], row["state"] = self.call_ids[i], self.states[i]
-        row["start"] = self._t0 + row["start"] / 1e6
-        row["end"] = row["start"] + row["end"] / 1e6
-        row["setup"], row["compute"] = row["setup"] / 1e6, row["compute"] / 1e6
+        n, times = len(self.call_ids), self._times
+        start, began, returned, end = times[i], times[n + i], times[2 * n + i], times[3 * n + i]
+        row.update(start=start / 1e9, end=end / 1e9, setup=(began - start) / 1e9, compute=(returned - began) / 1e9)
         row["host"], row["worker"] = sys.intern(row["host"]), sys.intern(row["worker"])
         log = self._body[slice(*self._logs[i])] if self._logs else b""
         return Record(**row, log=log, output=self.output(i))

@@ -80,12 +80,12 @@ class JobSummary:
 
     def count(self, group: GroupView, indices: Sequence[int]) -> None:
         """Count the records of a stored group at ``indices`` (each call once), without building them."""
-        states = Counter(group.states[i] for i in indices)
+        everyone = len(indices) == len(group.states)
+        states = Counter(group.states if everyone else (group.states[i] for i in indices))
         for state, count in states.items():
             self.counts[state.value] += count
         if indices:
-            ends = group.ends()
-            last = max(ends[i] for i in indices)
+            last = group.last_end(indices)
             self.last_end = last if self.last_end is None else max(self.last_end, last)
 
     @property

@@ -122,7 +122,7 @@ class Handler:
         return type(self).annotate is not Handler.annotate
 
     def _execute(self, task: Task) -> Record | _Quick:
-        start = time.time()
+        start = time.time_ns()
         try:
             func, args, kwargs = self.load(task)
         except PayloadRejectedError as e:
@@ -136,7 +136,7 @@ class Handler:
             return self._complete(task, record)
         log = self._log
         mark = log.tell()
-        began = time.time()
+        began = time.time_ns()
         saved = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = log
         try:
@@ -145,12 +145,12 @@ class Handler:
             value = error = e
         finally:
             sys.stdout, sys.stderr = saved
-        end = time.time()
+        end = time.time_ns()
         printed = log.tell() != mark
         if error is None and not printed and _small(value) and not self.annotates:
             return start, began, end, value
         record = self._record(task, start, CallState.OK if error is None else CallState.ERROR, error)
-        record.setup, record.compute = began - start, end - began
+        record.setup, record.compute = (began - start) / 1e9, (end - began) / 1e9
         if printed:
             log.seek(mark)
             record.log = log.read().encode("utf-8", "replace")
@@ -159,16 +159,16 @@ class Handler:
         self._store_value(task, value, record)
         return self._complete(task, record)
 
-    def _record(self, task: Task, start: float, state: CallState, error: BaseException | None = None) -> Record:
-        """A record of a task begun at ``start``, ended in ``state`` (with ``error``, if any)."""
-        return Record(task.call_id, state, task.attempt, start, host=_HOST, worker=self.worker, pid=os.getpid(),
-                      error=None if error is None else _error_fields(error))
+    def _record(self, task: Task, start: int, state: CallState, error: BaseException | None = None) -> Record:
+        """A record of a task begun at ``start`` (nanoseconds), ended in ``state`` (with ``error``, if any)."""
+        return Record(task.call_id, state, task.attempt, start / 1e9, host=_HOST, worker=self.worker,
+                      pid=os.getpid(), error=None if error is None else _error_fields(error))
 
     def quick_record(self, task: Task, quick: _Quick) -> Record:
         """The record of a quick call, built from what `execute` returned for it."""
         start, began, end, value = quick
         record = self._record(task, start, CallState.OK)
-        record.end, record.setup, record.compute = end, began - start, end - began
+        record.end, record.setup, record.compute = end / 1e9, (began - start) / 1e9, (end - began) / 1e9
         record.output = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         return record
 
@@ -188,7 +188,7 @@ class Handler:
 
     def write_failure(self, task: Task, state: CallState, error: BaseException, start: float) -> None:
         """Record that a task ended outside the handler (its worker died or was stopped)."""
-        record = self._record(task, start, state, error)
+        record = self._record(task, int(start * 1e9), state, error)
         record.end = time.time()
         self._store_value(task, error, record)
         group = _Group()
@@ -234,16 +234,15 @@ class Handler:
         first, last = group.tasks[0], group.tasks[-1]
         layout = Layout(first.prefix, first.job_id)
         if group.records is None and len(group.tasks) > 1:
-            table = {name: [value] * len(group.tasks)
-                     for name, value in self._record(first, 0.0, CallState.OK).header().items()}
-            table["peak_rss"] = [peak_rss] * len(group.tasks)
+            n = len(group.tasks)
+            table = {name: [value] * n for name, value in self._record(first, 0, CallState.OK).header().items()
+                     if name not in ("start", "end", "setup", "compute")}
+            table["peak_rss"] = [peak_rss] * n
             table["call_id"] = [task.call_id for task in group.tasks]
             table["attempt"] = [task.attempt for task in group.tasks]
             starts, began, ends, values = zip(*group.quick)
-            table["start"], table["end"] = list(starts), list(ends)
-            table["setup"] = [b - s for s, b in zip(starts, began)]
-            table["compute"] = [e - b for b, e in zip(began, ends)]
-            blob = encode_group(table, [], list(values), self._key, first.job_id, values=True)
+            blob = encode_group(table, (starts, began, ends, ends), [], list(values), self._key, first.job_id,
+                                values=True)
             self.storage.put(layout.status_group(first.call_id, last.call_id), blob)
             return
         records = group.as_records(self)
@@ -336,8 +335,9 @@ def _small(value: Any) -> bool:
             or ((kind is str or kind is bytes) and len(value) <= INLINE_LIMIT // 8))
 
 
-#: What `Handler.execute` returns for a quick call: when it started, began to run and ended, and its result.
-_Quick = tuple[float, float, float, Any]
+#: What `Handler.execute` returns for a quick call: when it started, began to run and ended (nanoseconds
+#: since the epoch), and its result.
+_Quick = tuple[int, int, int, Any]
 
 
 class _Group:
@@ -366,12 +366,12 @@ class _Group:
 
     @property
     def first_end(self) -> float:
-        return self.quick[0][2] if self.records is None else self.records[0].end
+        return self.quick[0][2] / 1e9 if self.records is None else self.records[0].end
 
     def longest(self) -> float:
-        """The longest a call of the group took."""
+        """The longest a call of the group took, in seconds."""
         if self.records is None:
-            return max(end - start for start, _, end, _ in self.quick)
+            return max(end - start for start, _, end, _ in self.quick) / 1e9
         return max(record.duration for record in self.records)
 
     def joins(self, task: Task) -> bool:
