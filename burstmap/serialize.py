@@ -277,6 +277,7 @@ class InputBlock:
     """A verified block of calls' inputs (as `dumps_calls` wrote it), read back from ``start`` in the data object."""
 
     def __init__(self, key: bytes, job_id: str, start: int, blob: bytes) -> None:
+        self.job_id, self.start = job_id, start
         payload = _verified(key, f"{job_id}/data@{start}", blob)
         try:
             self.first, count, self._items = _BLOCK_HEAD.unpack_from(payload)
@@ -285,12 +286,12 @@ class InputBlock:
             raise PayloadRejectedError(f"the inputs of job {job_id} at byte {start} are not a block") from None
         self._pickles = payload[_BLOCK_HEAD.size + 4 * count:]
 
-    def __contains__(self, call_id: int) -> bool:
-        return 0 <= call_id - self.first < len(self._ends)
-
     def load(self, call_id: int) -> tuple[tuple, dict]:
         """Unpickle one call's input: its ``(args, kwargs)``."""
         i = call_id - self.first
+        if not 0 <= i < len(self._ends):
+            raise PayloadRejectedError(f"the block of inputs at byte {self.start} of job {self.job_id} does not hold "
+                                       f"call {call_id}")
         value = pickle.loads(self._pickles[self._ends[i - 1] if i else 0:self._ends[i]])
         return ((value,), {}) if self._items else value
 

@@ -67,7 +67,7 @@ class Handler:
         self.group_window = group_window
         self._functions: OrderedDict[str, Any] = OrderedDict()
         self._window: tuple[str, int, bytes] | None = None
-        self._block: tuple[tuple[str, int], InputBlock] | None = None
+        self._block: InputBlock | None = None
         self._rss, self._rss_read = 0, -_RSS_FRESH
         self._log = io.StringIO()  # what calls print; emptied whenever one did
 
@@ -75,12 +75,12 @@ class Handler:
             on_durable: Callable[[int], None] | None = None) -> None:
         """Run tasks in order; ``on_start(i)`` before the i-th starts, ``on_durable(n)`` once the first n are stored."""
         self._prefetch(tasks)
-        group = _Group()
+        group, quick = _Group(), not self.annotates
         try:
             for i, task in enumerate(tasks):
                 if on_start:
                     on_start(i)
-                outcome = self.execute(task)
+                outcome = self.execute(task, quick)
                 if group.tasks and not group.joins(task):
                     self._write(group)
                     group = _Group()
@@ -98,7 +98,7 @@ class Handler:
     def run_task(self, task: Task) -> Record:
         """Run one task and write its status record; user errors become records, not exceptions."""
         try:
-            outcome = self.execute(task)
+            outcome = self.execute(task, not self.annotates)
         finally:
             self._block = None  # a large input is not kept past its call
         record = outcome if type(outcome) is Record else self.quick_record(task, outcome)
@@ -107,21 +107,21 @@ class Handler:
         self._write(group)
         return record
 
-    def execute(self, task: Task) -> Record | _Quick:
-        """Run one task and return its finished record, not yet written; or, for a quick call (it ended OK
-        with a small plain result and printed nothing), only its times and result, with no record built.
+    def execute(self, task: Task, quick: bool = True) -> Record | _Quick:
+        """Run one task and return its finished record, not yet written; or, if ``quick`` allows, for a quick
+        call (it ended OK with a small plain result and printed nothing) only its times and result.
 
         While its input is unpickled and it runs, the call knows itself (`burstmap.current_call`).
         """
         with running(task.job_id, task.call_id, self.storage, self._key):
-            return self._execute(task)
+            return self._execute(task, quick)
 
     @property
     def annotates(self) -> bool:
         """Whether `annotate` adds to records (a quick call gets no record otherwise)."""
         return type(self).annotate is not Handler.annotate
 
-    def _execute(self, task: Task) -> Record | _Quick:
+    def _execute(self, task: Task, quick: bool) -> Record | _Quick:
         start = time.time_ns()
         try:
             func, args, kwargs = self.load(task)
@@ -147,7 +147,7 @@ class Handler:
             sys.stdout, sys.stderr = saved
         end = time.time_ns()
         printed = log.tell() != mark
-        if error is None and not printed and _small(value) and not self.annotates:
+        if error is None and not printed and quick and _small(value):
             return start, began, end, value
         record = self._record(task, start, CallState.OK if error is None else CallState.ERROR, error)
         record.setup, record.compute = (began - start) / 1e9, (end - began) / 1e9
@@ -176,7 +176,7 @@ class Handler:
         """Read, verify and unpickle a task's function and arguments."""
         func = self._function(task)
         args, kwargs = self._inputs(task).load(task.call_id)
-        if kwargs or len(args) != 1 or isinstance(args[0], _BOUND):  # the usual one item is checked at once
+        if kwargs or len(args) != 1 or type(args[0]) not in _PLAIN and isinstance(args[0], _BOUND):
             return self._bound(func, args, kwargs)
         return func, args, kwargs
 
@@ -289,13 +289,9 @@ class Handler:
     def _inputs(self, task: Task) -> InputBlock:
         """The verified block that holds a task's input (the last one used, most of the time)."""
         block = self._block
-        if block is None or block[0] != (task.job_id, task.start):
-            blob = self._read_block(task)
-            block = self._block = (task.job_id, task.start), InputBlock(self._key, task.job_id, task.start, blob)
-        if task.call_id not in block[1]:
-            raise PayloadRejectedError(f"the block of inputs at byte {task.start} of job {task.job_id} does not hold "
-                                       f"call {task.call_id}")
-        return block[1]
+        if block is None or block.start != task.start or block.job_id != task.job_id:
+            block = self._block = InputBlock(self._key, task.job_id, task.start, self._read_block(task))
+        return block
 
     def _read_block(self, task: Task) -> bytes | memoryview:
         """The bytes of a task's block of inputs: from the batch's window when it holds them, else read alone."""
@@ -326,6 +322,7 @@ class Handler:
 #: What a worker binds to its store, or loads from it, before a call sees it.
 _BOUND = (DataPiece, Scratch, OutputRefs)
 _ATOMS = (type(None), bool, float)
+_PLAIN = frozenset({*_ATOMS, int, str, bytes, tuple, list, dict})  # an argument of these kinds is never bound
 
 
 def _small(value: Any) -> bool:

@@ -78,7 +78,10 @@ def test_calls_are_sealed_in_blocks_and_unpickled_one_by_one():
     assert blocks[-1][1] == len(data)
     (_, start), (_, end) = blocks[1], blocks[2]
     block = InputBlock(KEY, "job", start, data[start:end])
-    assert BLOCK_CALLS in block and BLOCK_CALLS + 5 in block and BLOCK_CALLS - 1 not in block
+    assert block.load(BLOCK_CALLS + 5) == ((b"x" * BLOCK_BYTES,), {})
+    for outside in (BLOCK_CALLS - 1, BLOCK_CALLS + 6):
+        with pytest.raises(PayloadRejectedError, match=f"does not hold call {outside}"):
+            block.load(outside)
     one, two = block.load(BLOCK_CALLS), block.load(BLOCK_CALLS + 1)
     assert one == ((BLOCK_CALLS, shared), {}) and one[0][1] is not two[0][1]  # no call shares an object with another
     assert InputBlock(KEY, "job", blocks[2][1], data[blocks[2][1]:]).load(len(calls) - 1) == ((7,), {"x": 3})
