@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 if TYPE_CHECKING:
     from .storage.base import Storage
 
-__all__ = ["CallId", "current_call", "current_place", "running", "WithEnv", "Spread"]
+__all__ = ["CallId", "call_begins", "call_ends", "current_call", "current_place", "WithEnv", "Spread"]
 
 
 class CallId(NamedTuple):
@@ -46,23 +46,16 @@ def current_place() -> tuple[Storage, bytes] | None:
     return None if now is None else (now[2], now[3])
 
 
-class running:
-    """Mark a call as running in this thread (the worker handler does this around each call).
+def call_begins(job_id: str, call_id: int, storage: Storage, key: bytes) -> contextvars.Token:
+    """Mark a call as running in this thread (the worker handler does this around each call), until
+    `call_ends` is given the token returned. Two functions, not a context manager: they wrap every call,
+    and a million calls notice the difference."""
+    return _running.set((job_id, call_id, storage, key))
 
-    A class rather than a generator, setting one variable: it wraps every call, and a million calls
-    notice the difference.
-    """
 
-    __slots__ = ("_now", "_token")
-
-    def __init__(self, job_id: str, call_id: int, storage: Storage, key: bytes) -> None:
-        self._now = (job_id, call_id, storage, key)
-
-    def __enter__(self) -> None:
-        self._token = _running.set(self._now)
-
-    def __exit__(self, *exc: object) -> None:
-        _running.reset(self._token)
+def call_ends(token: contextvars.Token) -> None:
+    """The call `call_begins` marked as running, with ``token``, has ended."""
+    _running.reset(token)
 
 
 class WithEnv:

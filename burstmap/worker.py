@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .call import running
+from .call import call_begins, call_ends
 from .errors import KeyNotFoundError, PayloadRejectedError, StorageError
 from .job import (CHUNK, CallState, Layout, OutputRefs, Record, Task, encode_group, encode_records, load_output,
                   read_record)
@@ -75,7 +75,7 @@ class Handler:
             on_durable: Callable[[int], None] | None = None) -> None:
         """Run tasks in order; ``on_start(i)`` before the i-th starts, ``on_durable(n)`` once the first n are stored."""
         self._prefetch(tasks)
-        group, quick = _Group(), not self.annotates
+        group, quick, last = _Group(), not self.annotates, len(tasks) - 1
         try:
             for i, task in enumerate(tasks):
                 if on_start:
@@ -87,7 +87,7 @@ class Handler:
                     if on_durable:
                         on_durable(i)
                 group.add(task, outcome, self)
-                if i == len(tasks) - 1 or time.time() - group.first_end >= self.group_window:
+                if i == last or time.time() >= group.due:
                     self._write(group)
                     group = _Group()
                     if on_durable:
@@ -113,8 +113,11 @@ class Handler:
 
         While its input is unpickled and it runs, the call knows itself (`burstmap.current_call`).
         """
-        with running(task.job_id, task.call_id, self.storage, self._key):
+        token = call_begins(task.job_id, task.call_id, self.storage, self._key)
+        try:
             return self._execute(task, quick)
+        finally:
+            call_ends(token)
 
     @property
     def annotates(self) -> bool:
@@ -339,12 +342,15 @@ _Quick = tuple[int, int, int, Any]
 
 class _Group:
     """The finished calls to be stored in one object: quick ones as `_Quick` tuples, until a call that is not
-    quick joins; from then on, every call as a `Record`."""
+    quick joins; from then on, every call as a `Record`. It is ``due`` to be stored `group_window` after
+    its first call ended."""
 
     def __init__(self) -> None:
         self.tasks: list[Task] = []
         self.quick: list[_Quick] = []
         self.records: list[Record] | None = None
+        self.due = 0.0
+        self._stop = 0  # the call past the last that may join: at most `_MAX_GROUP` calls, in one status chunk
 
     def add(self, task: Task, outcome: Record | _Quick, handler: Handler) -> None:
         if self.records is None and type(outcome) is tuple:
@@ -353,7 +359,17 @@ class _Group:
             self.records = self.as_records(handler)
             self.records.append(outcome if type(outcome) is Record else handler.quick_record(task, outcome))
             self.quick = []
+        if not self.tasks:
+            end = outcome[2] / 1e9 if type(outcome) is tuple else outcome.end
+            self.due = end + handler.group_window
+            self._stop = min(task.call_id + _MAX_GROUP, (task.call_id // CHUNK + 1) * CHUNK)
         self.tasks.append(task)
+
+    def joins(self, task: Task) -> bool:
+        """Whether a task's record may be stored in the same object as the group's: the next call of its job."""
+        last = self.tasks[-1]
+        return (task.call_id == last.call_id + 1 and task.call_id < self._stop and task.job_id == last.job_id
+                and task.prefix == last.prefix)
 
     def as_records(self, handler: Handler) -> list[Record]:
         """Every call's record, built now for quick calls."""
@@ -361,21 +377,11 @@ class _Group:
             return self.records
         return [handler.quick_record(task, quick) for task, quick in zip(self.tasks, self.quick)]
 
-    @property
-    def first_end(self) -> float:
-        return self.quick[0][2] / 1e9 if self.records is None else self.records[0].end
-
     def longest(self) -> float:
         """The longest a call of the group took, in seconds."""
         if self.records is None:
             return max(end - start for start, _, end, _ in self.quick) / 1e9
         return max(record.duration for record in self.records)
-
-    def joins(self, task: Task) -> bool:
-        """Whether a task's record may be stored in the same object as the group's: the next call of its job."""
-        first, last = self.tasks[0], self.tasks[-1]
-        return (task.job_id == last.job_id and task.prefix == last.prefix and task.call_id == last.call_id + 1
-                and task.call_id // CHUNK == first.call_id // CHUNK and len(self.tasks) < _MAX_GROUP)
 
 
 def _error_fields(error: BaseException) -> dict[str, str]:

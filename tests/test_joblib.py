@@ -95,13 +95,17 @@ def test_a_large_shared_array_is_stored_once(executor):
 
 
 def test_a_tampered_shared_array_is_refused(tmp_path):
-    from burstmap.call import running
+    from burstmap.call import call_begins, call_ends
     from burstmap.storage.local import LocalStorage
 
     store = LocalStorage(tmp_path)
     store.put("shared/abc", b"not what was signed")
-    with running("job", 0, store, b"key"), pytest.raises(burstmap.PayloadRejectedError, match="does not match"):
-        burstmap.joblib._load_shared("shared/abc", "0" * 64)
+    token = call_begins("job", 0, store, b"key")
+    try:
+        with pytest.raises(burstmap.PayloadRejectedError, match="does not match"):
+            burstmap.joblib._load_shared("shared/abc", "0" * 64)
+    finally:
+        call_ends(token)
 
 
 def test_n_jobs_and_shared_memory():
