@@ -96,15 +96,20 @@ class CallBook:
                 future._join(self, call_id)
         return future
 
-    def take(self, call_ids: Iterable[int]) -> list[int]:
+    def take(self, call_ids: Sequence[int]) -> Sequence[int]:
         """Mark calls as handed to a worker; return those still wanted.
 
         A pending call becomes running; a running one (a re-run after its worker died) stays wanted;
-        a cancelled or finished one is not (a cancelled one's waiters hear of it now).
+        a cancelled or finished one is not (a cancelled one's waiters hear of it now). A range of
+        pending calls none of whose futures is held is taken in one step.
         """
         wanted = []
         with self.condition:
             states, live = self.states, self._live or None
+            if (type(call_ids) is range and call_ids.step == 1 and live is None
+                    and states.count(_B_PENDING, call_ids.start, call_ids.stop) == len(call_ids)):
+                states[call_ids.start:call_ids.stop] = bytes((_B_RUNNING,)) * len(call_ids)
+                return call_ids
             for i in call_ids:
                 state = states[i]
                 if state == _B_PENDING:

@@ -227,6 +227,10 @@ class Task(NamedTuple):
     attempt: int = 1
 
 
+#: A `Task` from a tuple of all its fields, in C: a batch makes one per call.
+_task = functools.partial(tuple.__new__, Task)
+
+
 @dataclass(frozen=True)
 class Batch:
     """Calls of one job in flight, with their attempt numbers, the job's timeout and retry budget.
@@ -251,7 +255,7 @@ class Batch:
         for c in call_ids:
             if not first <= c < stop:  # calls come in runs: a block is looked up once per run, not per call
                 first, stop, start, end = manifest.block_of(c)
-            tasks.append(Task(manifest.prefix, manifest.job_id, c, start, end, attempts.get(c, 1) if attempts else 1))
+            tasks.append(_task((manifest.prefix, manifest.job_id, c, start, end, attempts.get(c, 1) if attempts else 1)))
         return cls(manifest.prefix, manifest.job_id, tuple(tasks), manifest.timeout, manifest.worker_retries,
                    versions=manifest.versions)
 
@@ -272,7 +276,7 @@ class Batch:
             unseal(key, "batch", bytes.fromhex(mac.decode("ascii")) + body)
             fields = json.loads(body)
             prefix, job = str(fields["prefix"]), str(fields["job"])
-            tasks = tuple(Task(prefix, job, c, int(s), int(e), int(a))
+            tasks = tuple(_task((prefix, job, c, int(s), int(e), int(a)))
                           for first, n, s, e, a in fields["calls"] for c in range(int(first), int(first) + int(n)))
             if not tasks:
                 raise ValueError("no calls")

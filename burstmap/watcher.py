@@ -106,7 +106,7 @@ class _Job:
         """Every call still waited for."""
         return [m.start() for m in _WAITING.finditer(self.waiting)]
 
-    def take(self, call_ids: Sequence[int]) -> list[int]:
+    def take(self, call_ids: Sequence[int]) -> Sequence[int]:
         """`CallBook.take` in every book: the calls some book still wants."""
         if len(self.books) == 1:
             return self.books[0].take(call_ids)
@@ -218,7 +218,7 @@ class Watcher:
                 self._thread.start()
         self._wake.set()
 
-    def take(self, job_id: str, call_ids: Sequence[int]) -> list[int]:
+    def take(self, job_id: str, call_ids: Sequence[int]) -> Sequence[int]:
         """The `CallBoard` side: mark calls as handed to a worker; return those some future still wants."""
         with self._lock:
             job = self._jobs.get(job_id)

@@ -15,7 +15,7 @@ __all__ = ["Backend", "CallBoard", "NoBoard", "fail_held"]
 class CallBoard(Protocol):
     """The client's side of the calls a backend carries: which are still wanted, and failing those it cannot finish."""
 
-    def take(self, job_id: str, call_ids: Sequence[int]) -> list[int]:
+    def take(self, job_id: str, call_ids: Sequence[int]) -> Sequence[int]:
         """Mark calls as taken by a worker (their futures leave ``PENDING``); return those not cancelled."""
 
     def fail(self, job_id: str, call_ids: Sequence[int], error: BaseException) -> None:
@@ -25,8 +25,8 @@ class CallBoard(Protocol):
 class NoBoard:
     """The board of a backend started without an executor (tools, tests): every call is wanted, failures are raised."""
 
-    def take(self, job_id: str, call_ids: Sequence[int]) -> list[int]:
-        return list(call_ids)
+    def take(self, job_id: str, call_ids: Sequence[int]) -> Sequence[int]:
+        return call_ids
 
     def fail(self, job_id: str, call_ids: Sequence[int], error: BaseException) -> None:
         raise error

@@ -187,17 +187,14 @@ class _Queue:
         """The job of the next call."""
         return self._runs[0][0]
 
-    def take(self, size: int) -> tuple[Manifest, dict[int, int]]:
-        """Up to ``size`` next calls, all of the next call's job, with their attempts."""
-        manifest, taken = self._runs[0][0], {}
-        while self._runs and len(taken) < size and self._runs[0][0] is manifest:
-            _, call_ids, attempts = self._runs.popleft()
-            now, rest = call_ids[:size - len(taken)], call_ids[size - len(taken):]
-            taken.update({c: attempts[c] for c in now} if attempts else dict.fromkeys(now, 1))
-            self._size -= len(now)
-            if rest:
-                self._runs.appendleft((manifest, rest, attempts))
-        return manifest, taken
+    def take(self, size: int) -> tuple[Manifest, Sequence[int], dict[int, int] | None]:
+        """Up to ``size`` next calls of one run, with their attempts (None: every one at its first)."""
+        manifest, call_ids, attempts = self._runs.popleft()
+        now, rest = call_ids[:size], call_ids[size:]
+        if rest:
+            self._runs.appendleft((manifest, rest, attempts))
+        self._size -= len(now)
+        return manifest, now, attempts and {c: attempts[c] for c in now}
 
     def drain(self) -> list[tuple[Manifest, int, int]]:
         """Every queued ``(manifest, call, attempt)``, leaving the queue empty."""
@@ -339,12 +336,12 @@ class _Pool:
                 size, depth = self._pace.batch(self._pending.head().job_id, fair_share)
                 if len(slot.batches) >= depth or slot.batches and slot.stuck(time.time()):
                     return None
-                manifest, attempts = self._pending.take(size)
+                manifest, call_ids, attempts = self._pending.take(size)
             try:
-                wanted = self._board.take(manifest.job_id, list(attempts))
+                wanted = self._board.take(manifest.job_id, call_ids)
             except BaseException:
                 with self._lock:  # still held: the supervisor fails them with the error
-                    self._pending.put_back([(manifest, c, a) for c, a in attempts.items()])
+                    self._pending.put_back([(manifest, c, attempts[c] if attempts else 1) for c in call_ids])
                 raise
             if wanted:
                 return manifest, Batch.of(manifest, wanted, attempts)
