@@ -32,7 +32,7 @@ __all__ = ["Handler", "INLINE_LIMIT", "Trailing"]
 
 #: Results up to this size live inside the status record; larger ones get their own object.
 INLINE_LIMIT = 1 << 20
-_MAX_GROUP = 512
+_GROUP_BYTES = 8 << 20  # a group takes no more calls once its results and logs are this large
 _RSS_FRESH = 0.1  # seconds
 _HOST = socket.gethostname()
 
@@ -325,6 +325,7 @@ class Handler:
 #: What a worker binds to its store, or loads from it, before a call sees it.
 _BOUND = (DataPiece, Scratch, OutputRefs)
 _ATOMS = (type(None), bool, float)
+_SIZED = (str, bytes)
 _PLAIN = frozenset({*_ATOMS, int, str, bytes, tuple, list, dict})  # an argument of these kinds is never bound
 
 
@@ -342,34 +343,39 @@ _Quick = tuple[int, int, int, Any]
 
 class _Group:
     """The finished calls to be stored in one object: quick ones as `_Quick` tuples, until a call that is not
-    quick joins; from then on, every call as a `Record`. It is ``due`` to be stored `group_window` after
-    its first call ended."""
+    quick joins; from then on, every call as a `Record`. It holds calls of one status chunk, up to
+    `_GROUP_BYTES` of results, and is ``due`` to be stored `group_window` after its first call ended."""
 
     def __init__(self) -> None:
         self.tasks: list[Task] = []
         self.quick: list[_Quick] = []
         self.records: list[Record] | None = None
         self.due = 0.0
-        self._stop = 0  # the call past the last that may join: at most `_MAX_GROUP` calls, in one status chunk
+        self.size = 0  # bytes of results and logs
+        self._stop = 0  # the call past the last that may join: the end of the first's status chunk
 
     def add(self, task: Task, outcome: Record | _Quick, handler: Handler) -> None:
         if self.records is None and type(outcome) is tuple:
             self.quick.append(outcome)
+            if type(outcome[3]) in _SIZED:
+                self.size += len(outcome[3])
         else:
             self.records = self.as_records(handler)
-            self.records.append(outcome if type(outcome) is Record else handler.quick_record(task, outcome))
+            record = outcome if type(outcome) is Record else handler.quick_record(task, outcome)
+            self.records.append(record)
+            self.size += len(record.output) + len(record.log)
             self.quick = []
         if not self.tasks:
             end = outcome[2] / 1e9 if type(outcome) is tuple else outcome.end
             self.due = end + handler.group_window
-            self._stop = min(task.call_id + _MAX_GROUP, (task.call_id // CHUNK + 1) * CHUNK)
+            self._stop = (task.call_id // CHUNK + 1) * CHUNK
         self.tasks.append(task)
 
     def joins(self, task: Task) -> bool:
         """Whether a task's record may be stored in the same object as the group's: the next call of its job."""
         last = self.tasks[-1]
-        return (task.call_id == last.call_id + 1 and task.call_id < self._stop and task.job_id == last.job_id
-                and task.prefix == last.prefix)
+        return (task.call_id == last.call_id + 1 and task.call_id < self._stop and self.size < _GROUP_BYTES
+                and task.job_id == last.job_id and task.prefix == last.prefix)
 
     def as_records(self, handler: Handler) -> list[Record]:
         """Every call's record, built now for quick calls."""

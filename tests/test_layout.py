@@ -10,6 +10,7 @@ million jobs and ten million calls would, and checks the store folder by folder.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -158,3 +159,28 @@ def test_many_jobs_of_many_chunks_keep_every_folder_small_and_still_list_and_cle
                                 env={"BURSTMAP_SECRET_KEY": TEST_SECRET})
     assert result.exit_code == 0, result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def hundred_kb(x: int) -> bytes:
+    return bytes([x % 256]) * 100_000
+
+
+def test_quick_calls_with_large_results_are_stored_in_groups_of_at_most_8_mib(tmp_path):
+    from burstmap.job import Manifest, call_ids_of, decode_records
+    from burstmap.serialize import dumps_calls, dumps_function, seal
+
+    store, key = LocalStorage(tmp_path), TEST_SECRET.encode()
+    job_id = new_job_id()
+    data, blocks = dumps_calls(range(200), key, job_id, items=True)
+    manifest = Manifest(job_id, "burstmap", "hundred_kb", tuple(blocks), 0.0, "here")
+    store.put(manifest.layout.func, seal(key, f"{job_id}/func", dumps_function(hundred_kb, False)))
+    store.put(manifest.layout.data, data)
+    Handler(store, key, "here", group_window=3600).run(Batch.of(manifest, range(200)).tasks)  # no group is due early
+
+    objects = [name for name in store.list(manifest.layout.root + "status/")]
+    sizes = [len(call_ids_of(name)) for name in objects]
+    assert sum(sizes) == 200 and max(sizes) > 1
+    assert max(store.size(name) for name in objects) < (8 << 20) + 200_000
+    records = [r for name in objects for r in decode_records(store.get(name), key, job_id)]
+    assert sorted(r.call_id for r in records) == list(range(200))
+    assert all(r.output == pickle.dumps(hundred_kb(r.call_id), protocol=pickle.HIGHEST_PROTOCOL) for r in records)

@@ -35,7 +35,7 @@ from typing import Any
 
 from ..attempts import OUTAGE_EXIT, Attempts, how_it_ended
 from ..errors import BurstmapError, StorageError, WorkerDiedError
-from ..job import Batch, CallState, Manifest, Task
+from ..job import CHUNK, Batch, CallState, Manifest, Task
 from ..storage.base import Storage
 from ..versions import mismatch
 from ..worker import Handler
@@ -45,7 +45,7 @@ from .local_process import READY, WorkerProcess
 __all__ = ["LocalBackend"]
 
 log = logging.getLogger(__name__)
-_MAX_BATCH = 512
+_MAX_BATCH = CHUNK  # a batch of quick calls fills a status chunk: one object
 _BATCH_SECONDS = 0.02  # quick calls are batched up to this much work per batch
 _DEPTH = 2  # batches sent ahead to each worker, so it never waits for the dispatcher
 _GROUP_WINDOW = 0.01  # quick calls' records are stored together if they finish within this many seconds
@@ -190,6 +190,8 @@ class _Queue:
     def take(self, size: int) -> tuple[Manifest, Sequence[int], dict[int, int] | None]:
         """Up to ``size`` next calls of one run, with their attempts (None: every one at its first)."""
         manifest, call_ids, attempts = self._runs.popleft()
+        if type(call_ids) is range:  # a batch ends at the end of a status chunk, so that its records are one object
+            size = min(size, CHUNK - call_ids.start % CHUNK)
         now, rest = call_ids[:size], call_ids[size:]
         if rest:
             self._runs.appendleft((manifest, rest, attempts))
