@@ -295,6 +295,22 @@ def test_no_worker_is_logged_and_calls_wait(redis_server, tmp_path, caplog):
         future.result(timeout=60)
 
 
+def test_a_job_is_spread_over_eight_messages_per_daemon_seen(redis_server, tmp_path):
+    import redis
+
+    client = redis.Redis.from_url(f"{redis_server.rsplit('/', 1)[0]}/2")
+    for seen in (0, 2):
+        queue = stream_url(redis_server, 2)
+        for name in range(seen):  # a daemon shows as seen once it asks for messages
+            daemon_queue = open_queue(queue)
+            daemon_queue.consumer = f"daemon-{name}"
+            assert daemon_queue.get(1, 0.01) == []
+        with executor(queue, LocalStorage(tmp_path / str(seen))) as ex:
+            ex.map(square, range(5000))
+            ex.shutdown(wait=False)
+        assert client.xlen(open_queue(queue).stream) == (8 * seen if seen else 64)
+
+
 def test_sigterm_drains_the_call_in_flight_and_idle_daemons_exit(redis_server, tmp_path):
     queue, store = stream_url(redis_server, 2), f"{redis_server.rsplit('/', 1)[0]}/2"
     runs = tmp_path / "runs"

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Sequence
 
-from ..job import Batch, Manifest
+from ..job import CHUNK, Batch, Manifest
 from ..queues import Queue, open_queue
 from ..storage.base import Storage
 from .base import Backend, CallBoard
@@ -21,7 +21,9 @@ __all__ = ["StandaloneBackend"]
 
 log = logging.getLogger(__name__)
 
-_MAX_BATCH = 128
+_MAX_BATCH = CHUNK  # calls per message at most: one status chunk
+_PER_WORKER = 8  # messages per job for each daemon seen lately: few round trips, and still some to balance
+_UNSEEN = 64  # messages per job when the queue cannot tell how many daemons there are
 
 
 class StandaloneBackend(Backend):
@@ -29,7 +31,8 @@ class StandaloneBackend(Backend):
 
     Args:
         queue: where the daemons (``burstmap worker --queue ...``) take work from.
-        batch_size: calls per message; by default up to 32, fewer for small jobs.
+        batch_size: calls per message; by default a job is spread over 8 messages for each daemon seen
+            lately (64 if the queue cannot tell), of up to 1,000 calls each.
     """
 
     name = "standalone"
@@ -50,10 +53,12 @@ class StandaloneBackend(Backend):
         call_ids = self.board.take(manifest.job_id, call_ids)
         if not call_ids:
             return
-        size = self.batch_size or max(1, min(_MAX_BATCH, math.ceil(len(call_ids) / 64)))
+        seen = self.queue.workers_seen()
+        spread = _PER_WORKER * seen if seen else _UNSEEN
+        size = self.batch_size or max(1, min(_MAX_BATCH, math.ceil(len(call_ids) / spread)))
         self.queue.put([Batch.of(manifest, call_ids[i:i + size]).encode(self._key)
                         for i in range(0, len(call_ids), size)])
-        if not self._warned and self.queue.workers_seen() == 0:
+        if not self._warned and seen == 0:
             self._warned = True
             log.warning("burstmap: %d calls queued on %r, 0 workers seen: start some with "
                         "`burstmap worker --queue URL --store URL`", len(call_ids), self.queue)
