@@ -107,7 +107,7 @@ class Handler:
         self._write(group)
         return record
 
-    def execute(self, task: Task, quick: bool = True) -> Record | _Quick:
+    def execute(self, task: Task, quick: bool) -> Record | _Quick:
         """Run one task and return its finished record, not yet written; or, if ``quick`` allows, for a quick
         call (it ended OK with a small plain result and printed nothing) only its times and result.
 
