@@ -580,6 +580,9 @@ class GroupView:
 def decode_group(data: bytes, key: bytes, job_id: str) -> RecordGroup:
     """The verified records in a status object, one or a group; raise as `Record.decode` does."""
     if not data.startswith(GROUP_MAGIC):
+        if data.startswith(GROUP_MAGIC[:3]):
+            raise RecordError(f"a status record group of job {job_id} is in another burstmap version's format "
+                              f"({data[:4].decode(errors='replace')}); read it with the version that ran the job")
         return RecordGroup(_records_body([Record.decode(data, key, job_id)]))
     try:
         body = unseal(key, f"{job_id}/status", data[len(GROUP_MAGIC):])
