@@ -102,9 +102,7 @@ class Handler:
         finally:
             self._block = None  # a large input is not kept past its call
         record = outcome if type(outcome) is Record else self.quick_record(task, outcome)
-        group = _Group()
-        group.add(task, record, self)
-        self._write(group)
+        self._write_one(task, record)
         return record
 
     def execute(self, task: Task, quick: bool) -> Record | _Quick:
@@ -194,9 +192,7 @@ class Handler:
         record = self._record(task, int(start * 1e9), state, error)
         record.end = time.time()
         self._store_value(task, error, record)
-        group = _Group()
-        group.add(task, self._complete(task, record), self)
-        self._write(group)
+        self._write_one(task, self._complete(task, record))
 
     def annotate(self, task: Task, record: Record) -> None:
         """Add what a backend knows about a finished call to its record (``record.info``); nothing by default."""
@@ -256,6 +252,11 @@ class Handler:
         else:
             blob = encode_records(records, self._key, first.job_id)
             self.storage.put(layout.status_group(first.call_id, last.call_id), blob)
+
+    def _write_one(self, task: Task, record: Record) -> None:
+        group = _Group()
+        group.add(task, record, self)
+        self._write(group)
 
     def _peak_rss(self, fresh: bool) -> int:
         """The process's peak RSS: read again after a call that ran `_RSS_FRESH` seconds or more, else at most
