@@ -318,7 +318,7 @@ class Watcher:
             return 0
         try:
             self._finish_calls(job, key, taken)
-        except _OUTAGES:
+        except BaseException:  # waited for again: retried after an outage, failed with any other error
             with self._lock:
                 job.rewait(taken)
             raise

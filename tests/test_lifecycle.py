@@ -324,6 +324,31 @@ def test_an_unexpected_error_while_watching_fails_the_calls_watched_and_is_logge
         assert ex.submit(pow, 3, 2).result(timeout=60) == 9
 
 
+class BreakingStatusGet(LocalStorage):
+    """A store whose GET of a status object raises ``error`` once: a bug while reading outcomes, not an outage."""
+
+    error: BaseException | None = None
+
+    def get(self, key: str) -> bytes:
+        if "/status/" in key:
+            error, self.error = self.error, None
+            if error is not None:
+                raise error
+        return super().get(key)
+
+
+def test_an_unexpected_error_while_reading_outcomes_fails_the_calls_being_read(tmp_path):
+    storage = BreakingStatusGet(tmp_path / "store")
+    storage.error = RuntimeError("a bug while reading")
+    with executor(tmp_path / "store", storage) as ex:
+        futures = ex.map(abs, range(50))
+        done, not_done = cf.wait(futures, timeout=60)
+        assert not not_done
+        failed = [f for f in futures if f.exception() is not None]
+        assert failed and all("a bug while reading" in str(f.exception()) for f in failed)
+        assert ex.submit(pow, 3, 2).result(timeout=60) == 9
+
+
 class ExitsWhenPickled:
     """A reduce function whose pickling raises ``SystemExit`` inside the last map future's callback."""
 
