@@ -159,7 +159,9 @@ def outcome(storage: Storage, key: bytes, job_id: str, record: Record) -> tuple[
 def _group_outcome(storage: Storage, key: bytes, job_id: str, group: GroupView, i: int,
                    plain: bool) -> tuple[Any, BaseException | None]:
     """`outcome` of the i-th record of a group; a ``plain`` one (a result inline) is unpickled without
-    building its record."""
+    building its record, or taken as it is from a group that keeps its results as values."""
+    if plain and group.values is not None:
+        return group.values[i], None
     output = group.output(i) if plain else b""
     if output:
         try:
